@@ -1,0 +1,139 @@
+"""What every model family shares: letterboxing into a fixed input, mapping boxes back, NMS, labels.
+
+An adapter turns a BGR frame into one row of the engine's input batch and one row of raw outputs into
+Detections in source pixels. It never knows which backend ran the model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.frame import Detection
+
+
+@dataclass(frozen=True)
+class AdapterParams:
+    confidence: float = 0.5  # minimum score kept
+    iou: float = 0.45  # NMS overlap threshold
+    max_detections: int = 100
+    top_k: int = 5  # classifiers: how many classes to report
+    classes: tuple[str, ...] = ()  # keep only these labels (empty: all)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a source image was fitted into the network input: scaled by `scale`, then shifted by the pads."""
+
+    scale: float
+    pad_x: float
+    pad_y: float
+    src_w: int
+    src_h: int
+
+    def boxes_to_source(self, boxes: np.ndarray) -> np.ndarray:
+        """(N, 4) x1y1x2y2 in input pixels -> source pixels, clipped to the image."""
+        out = boxes.astype(np.float32, copy=True)
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale
+        out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, self.src_w)
+        out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, self.src_h)
+        return out
+
+    def points_to_source(self, points: np.ndarray) -> np.ndarray:
+        """(..., 2) xy in input pixels -> source pixels."""
+        out = points.astype(np.float32, copy=True)
+        out[..., 0] = (out[..., 0] - self.pad_x) / self.scale
+        out[..., 1] = (out[..., 1] - self.pad_y) / self.scale
+        return out
+
+
+def letterbox(image: np.ndarray, size_hw: tuple[int, int], pad_value, center: bool) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio and pad to `size_hw`. Returns the canvas (uint8 HxWx3) and the mapping."""
+    h, w = image.shape[:2]
+    th, tw = size_hw
+    scale = min(th / h, tw / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    canvas = np.empty((th, tw, 3), dtype=np.uint8)
+    canvas[:] = pad_value
+    pad_x = (tw - nw) // 2 if center else 0
+    pad_y = (th - nh) // 2 if center else 0
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    if (nh, nw) == (h, w):
+        canvas[pad_y:pad_y + nh, pad_x:pad_x + nw] = image
+    else:
+        cv2.resize(image, (nw, nh), dst=canvas[pad_y:pad_y + nh, pad_x:pad_x + nw], interpolation=interp)
+    return canvas, Letterbox(scale, float(pad_x), float(pad_y), w, h)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, class_ids: np.ndarray | None = None,
+        limit: int = 0) -> np.ndarray:
+    """Greedy non-maximum suppression; indices of kept boxes by descending score.
+
+    With `class_ids`, boxes of different classes never suppress each other (offset trick: each class is
+    moved to its own region of the plane).
+    """
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    b = boxes.astype(np.float32)
+    if class_ids is not None:
+        offset = (b.max() + 1.0) * class_ids.astype(np.float32)[:, None]
+        b = b + offset
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    areas = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        if limit and len(keep) >= limit:
+            break
+        rest = order[1:]
+        w = np.maximum(0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        union = areas[i] + areas[rest] - inter
+        overlap = np.where(union > 0, inter / np.maximum(union, 1e-9), 0)
+        order = rest[overlap <= iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def read_labels(path: Path | None) -> list[str]:
+    """One label per line (blank lines and '#' comments skipped)."""
+    if path is None:
+        return []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+class Adapter(ABC):
+    """A model family: preprocessing into a fixed (H, W) input, postprocessing of one frame's outputs."""
+
+    family: str = "?"
+
+    def __init__(self, input_hw: tuple[int, int], labels: list[str], params: AdapterParams):
+        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        self.labels = list(labels)
+        self.params = params
+        self._keep = set(params.classes)
+
+    def label(self, class_id: int) -> str:
+        return self.labels[class_id] if 0 <= class_id < len(self.labels) else str(class_id)
+
+    def wanted(self, label: str) -> bool:
+        return not self._keep or label in self._keep
+
+    @abstractmethod
+    def preprocess(self, image_bgr: np.ndarray, out: np.ndarray) -> Letterbox:
+        """Write one input row (C, H, W float32) into `out` and return how the image was fitted."""
+
+    @abstractmethod
+    def postprocess(self, outputs: list[np.ndarray], fit: Letterbox) -> list[Detection]:
+        """Decode one frame's outputs (batch axis removed) into detections in source pixels."""
+
+    def check_outputs(self, output_shapes: list[tuple]) -> None:
+        """Raise ValueError when the engine's outputs cannot be this family's. Families override."""

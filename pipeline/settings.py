@@ -1,0 +1,316 @@
+"""Strict models of the YAML config, one class per section.
+
+Unknown keys are rejected with the nearest valid key suggested; every error names the file, the YAML line,
+the key path and the bad value. No singletons: `load_settings` returns a frozen Settings to pass around.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+from pipeline.redact import redact_text
+from pipeline.yamlpos import line_for, load_yaml_with_lines
+
+SOURCE_KINDS = ("auto", "file", "camera", "network", "gstreamer")
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def default_cache_dir() -> Path:
+    # systemd's CacheDirectory= sets CACHE_DIRECTORY; a user's own runs use XDG.
+    for var in ("PERCEPTD_CACHE_DIR", "CACHE_DIRECTORY"):
+        if os.environ.get(var):
+            return Path(os.environ[var].split(":")[0])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "perceptd"
+
+
+class SourceSettings(Strict):
+    name: str = Field(description="Unique name: output file names, metric labels, JSONL 'source'")
+    uri: str = Field(min_length=1, description="File path, camera index or /dev/videoN, rtsp/http URL, "
+                     "GStreamer pipeline, or sample:carphone")
+    kind: Literal["auto", "file", "camera", "network", "gstreamer"] = "auto"
+    loop: bool = Field(False, description="Files: start again at the end instead of finishing")
+    realtime: bool = Field(False, description="Files: pace at the native frame rate (then behaves as live)")
+    speed: float = Field(1.0, gt=0, le=1000, description="Files with realtime: pace multiplier")
+    max_frames: Optional[int] = Field(None, ge=1, description="Stop this source after N frames")
+    open_timeout_s: float = Field(10.0, gt=0, le=600, description="Network sources: open/read timeout")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("use 1-64 letters, digits, '_', '.' or '-'")
+        return v
+
+    @property
+    def resolved_kind(self) -> str:
+        return self.kind if self.kind != "auto" else guess_kind(self.uri)
+
+
+class ModelSettings(Strict):
+    name: str = Field("retinaface", min_length=1, description="Built-in model name or path to an .onnx file")
+    family: Literal["auto", "retinaface", "yolo", "classifier"] = "auto"
+    labels: Optional[Path] = Field(None, description="Text file, one label per line")
+    input_size: Optional[tuple[int, int]] = Field(None, description="[height, width] fed to the network")
+    confidence: Optional[float] = Field(None, ge=0, le=1, description="Minimum score; family default if unset")
+    iou: float = Field(0.45, ge=0, le=1, description="NMS overlap threshold")
+    max_detections: int = Field(100, ge=1, le=10000)
+    top_k: int = Field(5, ge=1, le=1000, description="Classifiers: classes reported per frame")
+    classes: tuple[str, ...] = Field((), description="Keep only these labels (empty: all)")
+
+    @field_validator("input_size")
+    @classmethod
+    def _size(cls, v):
+        if v is not None and not all(16 <= d <= 8192 for d in v):
+            raise ValueError("each of [height, width] must be between 16 and 8192")
+        return v
+
+
+class EngineSettings(Strict):
+    backend: str = Field("onnxruntime", description="Inference backend")
+    max_batch: int = Field(4, ge=1, le=64, description="Most frames per inference call, across sources")
+    threads: int = Field(0, ge=0, le=256, description="Runtime intra-op threads; 0 = runtime default")
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Materialised models, engines")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        from engines.base import available_backends
+
+        if v not in available_backends():
+            raise ValueError(f"unknown backend; available: {', '.join(available_backends())}")
+        return v
+
+
+class PipelineSettings(Strict):
+    queue_size: int = Field(4, ge=1, le=1024, description="Frames waiting per source before drop/block")
+    drop_policy: Literal["auto", "drop_oldest", "block"] = Field(
+        "auto", description="auto: live sources drop the oldest frame, files block")
+    batch_timeout_ms: float = Field(2.0, ge=0, le=1000, description="Longest wait to fill a batch")
+    worker_start_timeout_s: float = Field(300.0, gt=0, description="Engine load (and build) deadline")
+    restart_backoff_s: float = Field(1.0, ge=0, le=300, description="First worker restart delay (doubles)")
+
+
+class VideoSinkSettings(Strict):
+    enabled: bool = True
+    fourcc: str = Field("mp4v", min_length=4, max_length=4, description="OpenCV FourCC code")
+    extension: Literal[".mp4", ".avi", ".mkv"] = ".mp4"
+
+
+class EventsSinkSettings(Strict):
+    enabled: bool = True
+
+
+class OverlaySettings(Strict):
+    labels: bool = True
+    landmarks: bool = True
+    banner: bool = True
+    thickness: int = Field(2, ge=1, le=16)
+
+
+class SinkSettings(Strict):
+    output_dir: Path = Field(Path("perceptd-out"), description="Annotated videos and JSONL events go here")
+    video: VideoSinkSettings = VideoSinkSettings()
+    events: EventsSinkSettings = EventsSinkSettings()
+    overlay: OverlaySettings = OverlaySettings()
+    progress: Literal["auto", "bar", "log", "off"] = "auto"
+    log_interval_s: float = Field(10.0, gt=0, description="Seconds between progress log lines")
+
+
+class MetricsSettings(Strict):
+    enabled: bool = True
+    host: str = Field("127.0.0.1", min_length=1, description="Bind address; 0.0.0.0 exposes it")
+    port: int = Field(9108, ge=0, le=65535)
+    linger_s: float = Field(0.0, ge=0, le=3600, description="Keep serving after the sources end")
+
+
+class LoggingSettings(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(Strict):
+    sources: tuple[SourceSettings, ...] = Field(min_length=1)
+    model: ModelSettings = ModelSettings()
+    engine: EngineSettings = EngineSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    sinks: SinkSettings = SinkSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v):
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _source_shorthand(cls, v):
+        if not isinstance(v, (list, tuple)):
+            return v
+        taken: set[str] = {s["name"] for s in v if isinstance(s, dict) and isinstance(s.get("name"), str)}
+        out = []
+        for item in v:
+            if isinstance(item, (str, int)):
+                item = {"uri": str(item)}
+            if isinstance(item, dict) and "name" not in item and isinstance(item.get("uri"), (str, int)):
+                item = {**item, "uri": str(item["uri"]), "name": _unique(derive_name(str(item["uri"])), taken)}
+            out.append(item)
+        return out
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        seen: set[str] = set()
+        for s in self.sources:
+            if s.name in seen:
+                raise ValueError(f"source name {s.name!r} is used twice; names must be unique")
+            seen.add(s.name)
+        return self
+
+
+def guess_kind(uri: str) -> str:
+    if uri.isdigit() or uri.startswith("/dev/video"):
+        return "camera"
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in NETWORK_SCHEMES:
+        return "network"
+    if uri.startswith("gst:") or " ! " in uri:
+        return "gstreamer"
+    return "file"
+
+
+def derive_name(uri: str) -> str:
+    kind = guess_kind(uri)
+    if kind == "camera":
+        base = "camera" + uri if uri.isdigit() else Path(uri).name
+    elif kind == "network":
+        rest = uri.split("://", 1)[1]
+        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]  # never the credentials
+        base = host.split(":")[0]
+    elif kind == "gstreamer":
+        base = "gst"
+    elif uri.startswith("sample:"):
+        base = uri.split(":", 1)[1]
+    else:
+        base = Path(uri).stem
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.") or "source"
+    return base[:60]
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name}-{n}", n + 1
+    taken.add(candidate)
+    return candidate
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+# What `perceptd run` does with no config file: the built-in face model on the packaged sample clip.
+BUILTIN_DEFAULTS: dict[str, Any] = {"sources": [{"name": "carphone", "uri": "sample:carphone"}]}
+
+
+def load_settings(path: Optional[Path], overrides: Optional[dict[str, Any]] = None) -> Settings:
+    """Read `path` (or the built-in defaults), apply command-line overrides, validate strictly.
+
+    `overrides` maps dotted keys ("engine.backend") to values; they win over the file.
+    """
+    if path is None:
+        data, lines, name = copy.deepcopy(BUILTIN_DEFAULTS), {}, "built-in defaults"
+    else:
+        data, lines = load_yaml_with_lines(path)
+        name = str(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}:1: the config must be a mapping of sections (sources, model, ...), "
+                          f"got {type(data).__name__}")
+    if isinstance(data.get("model"), str):
+        data["model"] = {"name": data["model"]}
+    cli_keys: set[tuple] = set()
+    for dotted, value in (overrides or {}).items():
+        keys = tuple(dotted.split("."))
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: {k} must be a mapping to take the command-line value for {dotted}")
+        node[keys[-1]] = value
+        cli_keys.add(keys)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, name, lines, data, cli_keys)) from None
+
+
+def _describe(exc: ValidationError, path: str, lines: dict, data: dict, cli_keys: set[tuple]) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = tuple(first["loc"])
+    dotted = _dotted(loc)
+    if any(loc[: len(k)] == k for k in cli_keys):
+        where = "command line"
+    else:
+        line = line_for(lines, loc)
+        where = f"{path}:{line}" if line else str(path)
+    if first["type"] == "extra_forbidden":
+        model = _model_at(Settings, loc[:-1], data)
+        valid = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(valid)}"
+        msg = f"{where}: {dotted}: unknown key; {hint}"
+    else:
+        value = first.get("input")
+        shown = "" if first["type"] == "missing" else f" (got {_short(value)})"
+        msg = f"{where}: {dotted}: {first['msg'].removeprefix('Value error, ')}{shown}"
+    if len(errors) > 1:
+        msg += f" [+{len(errors) - 1} more error(s)]"
+    return redact_text(msg)
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _model_at(model: type[BaseModel], loc: tuple, data: Any) -> Optional[type[BaseModel]]:
+    """The pydantic model class that validates the mapping at `loc` (for key suggestions)."""
+    import typing
+
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        ann = current.model_fields[part].annotation
+        for arg in (ann, *typing.get_args(ann)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                ann = arg
+                break
+            inner = [a for a in typing.get_args(arg) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if inner:
+                ann = inner[0]
+                break
+        current = ann
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None

@@ -1,0 +1,122 @@
+"""Per-source output: one thread draws, writes the video and the events, observes latency, frees the slot."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+from pipeline.frame import Frame, WorkResult
+from pipeline.metrics import Metrics
+from pipeline.settings import SinkSettings
+from pipeline.sinks.files import EventsSink, VideoFileSink
+from pipeline.sinks.overlay import draw
+
+log = logging.getLogger(__name__)
+
+_NS = 1e-9
+
+
+class SourceOutput:
+    """The sinks of one source, fed in frame order by the result reader."""
+
+    def __init__(self, name: str, settings: SinkSettings, output_dir: Path, fps: float, metrics: Metrics,
+                 release: Callable[[Frame], None]):
+        self.name = name
+        self.settings = settings
+        self.metrics = metrics
+        self._release = release
+        self._q: queue.Queue = queue.Queue()  # bounded upstream: at most the pool's slots are in flight
+        self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
+        self.video = (VideoFileSink(output_dir / f"{name}{settings.video.extension}", settings.video.fourcc, fps)
+                      if settings.video.enabled else None)
+        self.events = EventsSink(output_dir / f"{name}.jsonl") if settings.events.enabled else None
+        self.processed = 0
+        self._recent: deque[tuple[int, float]] = deque(maxlen=120)  # (t_done_ns, e2e seconds) for the banner
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, frame: Frame, result: WorkResult) -> None:
+        self._q.put((frame, result))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write what is queued, then finalise the files (the video becomes playable)."""
+        self._q.put(None)
+        self._thread.join(timeout)
+        for sink in (self.video, self.events):
+            if sink is not None:
+                try:
+                    sink.close()
+                except Exception:
+                    log.exception("source '%s': finalising %s failed", self.name, getattr(sink, "final", sink))
+
+    def stats(self) -> tuple[float, float]:
+        """(fps, mean end-to-end ms) over the recent window."""
+        recent = list(self._recent)
+        if len(recent) < 2:
+            return 0.0, (recent[0][1] * 1e3 if recent else 0.0)
+        span = (recent[-1][0] - recent[0][0]) * _NS
+        fps = (len(recent) - 1) / span if span > 0 else 0.0
+        return fps, sum(r[1] for r in recent) / len(recent) * 1e3
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            frame, result = item
+            try:
+                self._write(frame, result)
+            except BaseException as exc:  # the runner sees .error and stops with exit 1
+                self.error = exc
+                log.exception("source '%s': sink failed", self.name)
+                self._release(frame)
+                self._drain_rest()
+                return
+            self._release(frame)
+
+    def _drain_rest(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            self._release(item[0])
+
+    def _write(self, frame: Frame, r: WorkResult) -> None:
+        t_sink = time.monotonic_ns()
+        if self.video is not None:
+            fps, e2e_ms = self.stats()
+            banner = f"{self.name}  {fps:5.1f} fps  {e2e_ms:5.0f} ms" if self.settings.overlay.banner else ""
+            draw(frame.image, r.detections, self.settings.overlay, banner)
+            self.video.write(frame.image)
+        t_done = time.monotonic_ns()
+        stages = {
+            "capture": frame.t_decoded_ns - frame.t_capture_ns,
+            "queue": r.t_dequeued_ns - frame.t_decoded_ns,
+            "preprocess": r.preprocess_ns,
+            "inference": r.inference_ns,
+            "postprocess": r.postprocess_ns,
+            "sink": t_done - t_sink,
+        }
+        total = t_done - frame.t_capture_ns
+        if self.events is not None:
+            latency = {k: round(v / 1e6, 3) for k, v in stages.items()}
+            latency["total"] = round(total / 1e6, 3)
+            self.events.write({
+                "source": self.name, "frame": frame.index, "pts_ms": round(frame.pts_ms, 3),
+                "detections": [d.to_json() for d in r.detections], "latency_ms": latency,
+            })
+        m = self.metrics
+        for stage, ns in stages.items():
+            m.stage_latency.labels(self.name, stage).observe(max(ns, 0) * _NS)
+        m.end_to_end_latency.labels(self.name).observe(total * _NS)
+        m.detections.labels(self.name).inc(len(r.detections))
+        m.frames_processed.labels(self.name).inc()
+        self.processed += 1
+        self._recent.append((t_done, total * _NS))

@@ -1,0 +1,50 @@
+"""Drawing predictions and a small fps/latency banner onto the frame (in place, BGR)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from pipeline.frame import Detection
+from pipeline.settings import OverlaySettings
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_LANDMARK_COLORS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0))
+
+
+def color_for(class_id: int) -> tuple[int, int, int]:
+    """A stable, well-separated colour per class (golden-ratio hue steps)."""
+    hue = int((class_id * 0.618033988749895 % 1.0) * 179)
+    hsv = np.uint8([[[hue, 220, 255]]])
+    b, g, r = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0]
+    return int(b), int(g), int(r)
+
+
+def draw(image: np.ndarray, detections: tuple[Detection, ...], settings: OverlaySettings, banner: str = "") -> None:
+    h, w = image.shape[:2]
+    scale = max(0.35, min(w, h) / 900)
+    t = settings.thickness
+    for det in detections:
+        x1, y1, x2, y2 = (int(round(v)) for v in det.box)
+        color = color_for(max(det.class_id, 0))
+        whole_image = x1 <= 0 and y1 <= 0 and x2 >= w - 1 and y2 >= h - 1  # a classifier's result
+        if not whole_image:
+            cv2.rectangle(image, (x1, y1), (x2, y2), color, t, cv2.LINE_AA)
+        if settings.landmarks:
+            for i, (px, py) in enumerate(det.landmarks):
+                cv2.circle(image, (int(px), int(py)), max(1, t), _LANDMARK_COLORS[i % 5], -1, cv2.LINE_AA)
+        if settings.labels:
+            text = f"{det.label} {det.score:.2f}"
+            (tw, th), base = cv2.getTextSize(text, _FONT, scale, 1)
+            if whole_image:
+                # Classes stack down the left edge, under the banner.
+                ty = int(th * 2.5) + (th + base + 4) * list(detections).index(det) + th
+                tx = 4
+            else:
+                tx, ty = x1, max(th + base, y1 - 3)
+            cv2.rectangle(image, (tx, ty - th - base), (tx + tw + 2, ty + 2), color, -1)
+            cv2.putText(image, text, (tx + 1, ty - 1), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    if settings.banner and banner:
+        (tw, th), base = cv2.getTextSize(banner, _FONT, scale, 1)
+        cv2.rectangle(image, (0, 0), (tw + 6, th + base + 6), (0, 0, 0), -1)
+        cv2.putText(image, banner, (3, th + 3), _FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)

@@ -1,0 +1,111 @@
+"""The parent's side of the inference worker: start it, feed it, read its results, restart it if it dies."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+import time
+
+from pipeline.errors import UserError
+from pipeline.frame import WorkItem, WorkResult
+from pipeline.worker import WorkerSpec, worker_main
+
+log = logging.getLogger(__name__)
+
+# spawn, not fork: the parent runs threads (decoders, sinks, HTTP) and, on GPUs, a CUDA context must
+# be created fresh inside the worker.
+_CTX = mp.get_context("spawn")
+
+
+class WorkerDied(RuntimeError):
+    pass
+
+
+class WorkerClient:
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.info: dict = {}
+        self._proc: mp.Process | None = None
+        self._inq: mp.Queue | None = None
+        self._outq: mp.Queue | None = None
+        self.generation = 0
+
+    def start(self, timeout_s: float) -> dict:
+        """Spawn the worker and wait until its engine is loaded. UserError for a bad model."""
+        # Fresh queues each time: a process killed while holding a queue's lock would wedge the old ones.
+        self._inq, self._outq = _CTX.Queue(), _CTX.Queue()
+        self._proc = _CTX.Process(target=worker_main, args=(self.spec, self._inq, self._outq),
+                                  name="perceptd-worker", daemon=True)
+        self._proc.start()
+        self.generation += 1
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                msg = self._outq.get(timeout=0.2)
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    raise WorkerDied(f"inference worker exited with code {self._proc.exitcode} while loading "
+                                     f"{self.spec.model_name}") from None
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise UserError(f"model {self.spec.model_name}: the engine did not load within "
+                                    f"{timeout_s:.0f} s; raise pipeline.worker_start_timeout_s") from None
+                continue
+            kind = msg[0]
+            if kind == "ready":
+                self.info = msg[1]
+                log.info("worker %d ready: %s", self._proc.pid, self.info)
+                return self.info
+            if kind == "error":
+                self._proc.join(5)
+                if msg[1] == "user":
+                    raise UserError(msg[2])
+                raise RuntimeError(f"inference worker failed to start: {msg[2]}")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def submit(self, item: WorkItem) -> None:
+        self._inq.put(item)
+
+    def results(self, timeout: float) -> list[WorkResult]:
+        """The next batch of results, [] on timeout. WorkerDied when the process is gone."""
+        try:
+            msg = self._outq.get(timeout=timeout)
+        except queue.Empty:
+            if not self.alive():
+                code = self._proc.exitcode if self._proc else None
+                raise WorkerDied(f"inference worker died (exit code {code})") from None
+            return []
+        except (EOFError, OSError) as exc:
+            raise WorkerDied(f"inference worker's result queue broke: {exc}") from None
+        if msg[0] == "results":
+            return msg[1]
+        log.warning("unexpected message from worker: %r", msg[0])
+        return []
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the worker to finish what it has and exit; kill it if it does not."""
+        if self._proc is None:
+            return
+        if self._proc.is_alive():
+            try:
+                self._inq.put(None)
+            except (OSError, ValueError):
+                pass
+            self._proc.join(timeout)
+        self.kill()
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+        for q in (self._inq, self._outq):
+            if q is not None:
+                q.cancel_join_thread()  # never block exit on a dead reader
+                q.close()

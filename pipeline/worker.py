@@ -1,0 +1,193 @@
+"""The inference worker: a separate process that owns the engine.
+
+Frames arrive as WorkItems naming a shared-memory slot; the worker batches whatever is ready across
+sources (up to the engine's batch limit, never waiting past a short deadline), runs preprocess ->
+engine -> postprocess, and sends back small WorkResults. The parent's WorkerClient starts it, restarts it
+when it dies, and turns load failures into one-line errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines.adapters import AdapterParams, adapter_class
+from engines.adapters.retinaface import input_size_for_sources
+from engines.base import EngineError, EngineOptions, TensorInfo, create_engine
+from pipeline.errors import ModelError, UserError
+from pipeline.frame import WorkItem, WorkResult
+from pipeline.shm import Attachments
+
+log = logging.getLogger(__name__)
+
+FAMILY_INPUT_DEFAULTS = {"yolo": (640, 640), "classifier": (224, 224)}
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything the worker needs, picklable (the worker is spawned, not forked)."""
+
+    model_name: str
+    model_path: str
+    family: str  # or "auto"
+    labels: tuple[str, ...]
+    input_size: tuple[int, int] | None
+    params: AdapterParams
+    backend: str
+    options: EngineOptions
+    batch_timeout_s: float
+    log_level: int
+    source_hw: tuple[int, int] = (640, 640)  # largest source frame (h, w), for resolution-following families
+
+
+def guess_family(outputs: list[TensorInfo]) -> str | None:
+    """Tell a model's family from its outputs when the config says `family: auto`."""
+    if len(outputs) == 3 and {o.name.lower() for o in outputs} >= {"loc", "conf"}:
+        return "retinaface"
+    if len(outputs) >= 1 and len(outputs[0].shape) == 3:
+        return "yolo"
+    if len(outputs) == 1 and (len(outputs[0].shape) == 2 or (len(outputs[0].shape) == 4 and outputs[0].shape[2:] == (1, 1))):
+        return "classifier"
+    return None
+
+
+def input_size_for(spec: WorkerSpec, family: str, info: TensorInfo) -> tuple[int, int]:
+    if len(info.shape) != 4:
+        raise ModelError(f"model {spec.model_name}: input {info.name} has shape {info.shape}; "
+                         "perceptd needs an image input of shape [N, 3, H, W]")
+    fixed = None if info.dynamic(2) or info.dynamic(3) else (int(info.shape[2]), int(info.shape[3]))
+    if fixed and spec.input_size and tuple(spec.input_size) != fixed:
+        raise ModelError(f"model.input_size: {list(spec.input_size)} but {spec.model_name} takes a fixed "
+                         f"{list(fixed)}; remove model.input_size or re-export the model")
+    if fixed:
+        return fixed
+    if spec.input_size:
+        return tuple(spec.input_size)
+    if family == "retinaface":
+        return input_size_for_sources(spec.source_hw)
+    return FAMILY_INPUT_DEFAULTS[family]
+
+
+class _Runner:
+    """The worker's state once the engine is loaded."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.engine = create_engine(spec.backend, spec.model_path, spec.options)
+        family = spec.family
+        if family == "auto":
+            family = guess_family(self.engine.outputs)
+            if family is None:
+                raise ModelError(f"model {spec.model_name}: cannot tell its family from outputs "
+                                 f"{[o.shape for o in self.engine.outputs]}; set model.family")
+        self.family = family
+        self.input_hw = input_size_for(spec, family, self.engine.inputs[0])
+        self.adapter = adapter_class(family)(self.input_hw, list(spec.labels), spec.params)
+        try:
+            self.adapter.check_outputs([o.shape for o in self.engine.outputs])
+        except ValueError as exc:
+            raise ModelError(f"model {spec.model_name} does not look like a {family} model: {exc}") from None
+        dtype = np.dtype(self.engine.inputs[0].dtype if self.engine.inputs[0].dtype != "?" else "float32")
+        self.max_batch = self.engine.max_batch
+        self.batch = np.zeros((self.max_batch, 3, *self.input_hw), dtype=np.float32)
+        self.input_dtype = dtype
+        self.shm = Attachments()
+        # One warm-up call: the first run allocates and picks kernels, and must not count as a frame's latency.
+        self.engine.infer(self._cast(self.batch[:1]))
+
+    def _cast(self, arr: np.ndarray) -> np.ndarray:
+        return arr if arr.dtype == self.input_dtype else arr.astype(self.input_dtype)
+
+    def describe(self) -> dict:
+        d = self.engine.describe()
+        d.update(family=self.family, input_size=list(self.input_hw), model=self.spec.model_name,
+                 labels=len(self.adapter.labels), pid=os.getpid())
+        return d
+
+    def run_batch(self, items: list[WorkItem], t_dequeued: list[int]) -> list[WorkResult]:
+        fits, pre_ns = [], []
+        for i, item in enumerate(items):
+            t0 = time.monotonic_ns()
+            image = self.shm.view(item.shm_name, item.offset, (item.height, item.width, 3))
+            fits.append(self.adapter.preprocess(image, self.batch[i]))
+            pre_ns.append(time.monotonic_ns() - t0)
+        n = len(items)
+        t0 = time.monotonic_ns()
+        outputs = self.engine.infer(self._cast(self.batch[:n]))
+        infer_ns = time.monotonic_ns() - t0
+        results = []
+        for i, item in enumerate(items):
+            t0 = time.monotonic_ns()
+            dets = self.adapter.postprocess([np.asarray(o[i]) for o in outputs], fits[i])
+            post_ns = time.monotonic_ns() - t0
+            results.append(WorkResult(item.source_id, item.index, item.slot, tuple(dets), t_dequeued[i],
+                                      pre_ns[i], infer_ns, post_ns, n))
+        return results
+
+    def close(self) -> None:
+        self.shm.close()
+        self.engine.close()
+
+
+def worker_main(spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue) -> None:
+    """Entry point of the worker process."""
+    # Ctrl-C and systemd's SIGTERM reach the whole process group; the parent decides when the worker
+    # stops (after draining), so the worker ignores them and exits on the sentinel or parent death.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
+    parent = os.getppid()
+    try:
+        runner = _Runner(spec)
+    except UserError as exc:
+        outq.put(("error", "user", str(exc)))
+        return
+    except EngineError as exc:
+        outq.put(("error", "user", f"model {spec.model_name}: {exc}"))
+        return
+    except Exception as exc:  # reported to the parent, which logs it with the traceback text
+        import traceback
+
+        outq.put(("error", "internal", f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))
+        return
+    outq.put(("ready", runner.describe()))
+    try:
+        _serve(runner, spec, inq, outq, parent)
+    finally:
+        runner.close()
+
+
+def _serve(runner: _Runner, spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue, parent: int) -> None:
+    while True:
+        try:
+            item = inq.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # orphaned: the daemon is gone
+                return
+            continue
+        if item is None:
+            return
+        items, dequeued = [item], [time.monotonic_ns()]
+        deadline = time.monotonic() + spec.batch_timeout_s
+        stop = False
+        while len(items) < runner.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                nxt = inq.get(timeout=remaining) if remaining > 0 else inq.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                stop = True
+                break
+            items.append(nxt)
+            dequeued.append(time.monotonic_ns())
+        outq.put(("results", runner.run_batch(items, dequeued)))
+        if stop:
+            return
