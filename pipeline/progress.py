@@ -43,6 +43,9 @@ class Progress:
             self.update(pipeline, force=True)
             self.stream.write("\n")
             self.stream.flush()
+        if self.mode != "off":
+            for out in pipeline.outputs:
+                log.info("%s", out.summary())
 
     @staticmethod
     def _bar(reader, out) -> str:

@@ -36,6 +36,8 @@ class SourceOutput:
                       if settings.video.enabled else None)
         self.events = EventsSink(output_dir / f"{name}.jsonl") if settings.events.enabled else None
         self.processed = 0
+        self.first_done_ns = 0
+        self.last_done_ns = 0
         self._recent: deque[tuple[int, float]] = deque(maxlen=120)  # (t_done_ns, e2e seconds) for the banner
         self.error: BaseException | None = None
 
@@ -119,4 +121,12 @@ class SourceOutput:
         m.detections.labels(self.name).inc(len(r.detections))
         m.frames_processed.labels(self.name).inc()
         self.processed += 1
+        if not self.first_done_ns:
+            self.first_done_ns = t_done
+        self.last_done_ns = t_done
         self._recent.append((t_done, total * _NS))
+
+    def summary(self) -> str:
+        span = (self.last_done_ns - self.first_done_ns) * _NS
+        fps = (self.processed - 1) / span if span > 0 and self.processed > 1 else 0.0
+        return f"{self.name}: {self.processed} frames processed, {fps:.1f} fps"
