@@ -66,6 +66,10 @@ def test_run_when_given_the_carphone_clip_processes_every_frame_once(carphone, t
             assert metrics[f'perceptd_stage_latency_seconds_count{{source="car",stage="{stage}"}}'] == 120, stage
         assert metrics['perceptd_frames_captured_total{source="car"}'] == 120
         assert sum(v for k, v in metrics.items() if k.startswith("perceptd_frames_dropped_total")) == 0
+        # Batching: every frame went through exactly one engine call, and a file source that is ahead
+        # of the worker fills batches (fewer calls than frames).
+        assert metrics["perceptd_batch_size_frames_sum"] == 120
+        assert metrics["perceptd_batch_size_frames_count"] < 120
         info = [k for k in metrics if k.startswith("perceptd_info{")][0]
         assert 'backend="onnxruntime"' in info and 'model="retinaface"' in info and 'precision="fp32"' in info
     finally:
