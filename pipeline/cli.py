@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.warning("second %s: exiting now without finalising outputs", signal.Signals(signum).name)
             os._exit(128 + signum)
         log.info("%s: stopping; finishing frames in flight and finalising outputs", signal.Signals(signum).name)
-        pipeline.request_stop()
+        pipeline.interrupt()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         pipeline.start()
         if signals["count"]:
-            pipeline.request_stop()
+            pipeline.interrupt()
         pipeline.run(Progress(settings.sinks.progress, settings.sinks.log_interval_s))
     finally:
         pipeline.close(linger_s=settings.metrics.linger_s)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-# user:password@ or user@ in the authority part of any scheme://
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*)(?::[^@/\s]*)?@")
-# token=..., password=... style query parameters
-_SECRET_QUERY = re.compile(r"(?i)([?&](?:password|passwd|pwd|pass|token|auth|key|secret|signature)=)[^&#\s]*")
+# user:password@ in the authority part of any scheme://. The password runs to the *last* '@' before the
+# path, as FFmpeg reads it: an unencoded '@' in a password ("p@ss") must not leave "ss@" showing.
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):[^/\s]*@")
+# token=..., access_token=..., api_key=..., X-Amz-Signature=... style query parameters
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&][^=&#\s]*?(?:password|passwd|pwd|pass|token|auth|key|secret|signature)[^=&#\s]*=)[^&#\s]*")
 
 
 def redact_uri(uri: str) -> str:
@@ -21,17 +23,15 @@ def redact_uri(uri: str) -> str:
     except ValueError:
         parts = None
     if parts is not None and parts.scheme and parts.password is not None:
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
+        host = parts.netloc.rpartition("@")[2]  # as written: case and [IPv6] brackets kept
         netloc = f"{parts.username}:***@{host}"
         uri = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     else:
-        uri = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m.group(0).count(":") > 1 else m.group(0), uri)
+        uri = _USERINFO.sub(r"\g<scheme>\g<user>:***@", uri)
     return _SECRET_QUERY.sub(r"\1***", uri)
 
 
 def redact_text(text: str) -> str:
     """Redact every URI-looking credential inside free text (log lines, error messages)."""
-    text = re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://)([^:@/\s]*):[^@/\s]*@", r"\1\2:***@", text)
+    text = _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
     return _SECRET_QUERY.sub(r"\1***", text)

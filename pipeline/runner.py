@@ -41,6 +41,7 @@ class Pipeline:
         self._inflight: dict[tuple[int, int], Frame] = {}
         self._stop = threading.Event()  # stop reading; drain what is in flight
         self._abort = threading.Event()  # stop everything now
+        self._interrupted = threading.Event()  # a signal arrived: also cuts metrics.linger_s short
         self._worker_ready = False
         self.readers: list[SourceReader] = []
         self.outputs: list[SourceOutput] = []
@@ -108,6 +109,11 @@ class Pipeline:
             self._threads.append(t)
 
     # running -------------------------------------------------------------------------------------------
+    def interrupt(self) -> None:
+        """SIGINT/SIGTERM: stop as request_stop does, and do not linger afterwards."""
+        self._interrupted.set()
+        self.request_stop()
+
     def request_stop(self) -> None:
         """Stop reading; frames already decoded are still processed and written."""
         self._stop.set()
@@ -165,9 +171,9 @@ class Pipeline:
         for reader in self.readers:
             reader.close()
         if self.http is not None:
-            if linger_s > 0:
+            if linger_s > 0 and not self._interrupted.is_set():
                 log.info("serving metrics for %.0f s more (metrics.linger_s)", linger_s)
-                time.sleep(linger_s)
+                self._interrupted.wait(linger_s)
             self.http.stop()
             self.http = None
 

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import ConfigError
 from pipeline.redact import redact_text
@@ -170,14 +170,17 @@ class Settings(Strict):
             out.append(item)
         return out
 
-    @model_validator(mode="after")
-    def _unique_names(self):
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, v):
+        # A field validator, not a model one: the error then points at `sources` (its line, or "command
+        # line" for --source) instead of line 1 with the whole config as the bad value.
         seen: set[str] = set()
-        for s in self.sources:
+        for s in v:
             if s.name in seen:
-                raise ValueError(f"source name {s.name!r} is used twice; names must be unique")
+                raise ValueError(f"source name {s.name!r} is used twice; give each source its own name")
             seen.add(s.name)
-        return self
+        return v
 
 
 def guess_kind(uri: str) -> str:
@@ -258,6 +261,11 @@ def load_settings(path: Optional[Path], overrides: Optional[dict[str, Any]] = No
 
 def _describe(exc: ValidationError, path: str, lines: dict, data: dict, cli_keys: set[tuple]) -> str:
     errors = exc.errors(include_url=False)
+    # One bad item also fails its container ("sources: at least 1 item ... not 0"): report the item only.
+    errors = [e for e in errors if not any(len(o["loc"]) > len(e["loc"]) and tuple(o["loc"][:len(e["loc"])])
+                                           == tuple(e["loc"]) for o in errors)] or errors
+    # "sources: Field required" is usually the echo of a misspelt "sourcs:": report the typo first.
+    errors.sort(key=lambda e: e["type"] == "missing")
     first = errors[0]
     loc = tuple(first["loc"])
     dotted = _dotted(loc)
