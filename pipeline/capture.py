@@ -81,6 +81,7 @@ class SourceReader:
         self._pool_slots = pool_slots
         self.pool: SlotPool | None = None
         self._pools: dict[str, SlotPool] = {}  # by shm name: the current pool and retired ones in use
+        self._pools_lock = threading.Lock()  # sinks release from their threads, the reader from its own
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
         self.finished = threading.Event()  # no more frames will come from this source
@@ -102,7 +103,12 @@ class SourceReader:
             self._thread.join(timeout)
 
     def close(self) -> None:
-        self.source.close()
+        if self._thread.is_alive():
+            # Still inside a blocking read (a network stream within its timeout): releasing the capture
+            # under it could crash the decoder; the process exit cleans up instead.
+            log.warning("source '%s': reader still busy at shutdown; leaving its capture open", self.name)
+        else:
+            self.source.close()
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
@@ -115,19 +121,23 @@ class SourceReader:
                 # In-flight frames still point into the old pool: it is closed when they are all back.
                 log.warning("source '%s': frame size changed to %dx%d; new slot pool", self.name, w, h)
             self.pool = SlotPool(self._pool_slots, h * w * 3, self.name)
-            self._pools[self.pool.name] = self.pool
+            with self._pools_lock:
+                self._pools[self.pool.name] = self.pool
         return self.pool
 
     def pool_offset(self, frame: Frame) -> int:
         return self._pools[frame.pool].offset(frame.slot)
 
     def release(self, frame: Frame) -> None:
-        pool = self._pools.get(frame.pool)
-        if pool is None:
-            return
-        pool.release(frame.slot)
-        if pool is not self.pool and pool.free == pool.n_slots:
-            del self._pools[pool.name]
+        with self._pools_lock:
+            pool = self._pools.get(frame.pool)
+            if pool is None:
+                return
+            pool.release(frame.slot)
+            retired = pool is not self.pool and pool.free == pool.n_slots
+            if retired:
+                del self._pools[pool.name]
+        if retired:
             pool.close()
 
     def _drop(self, frame: Frame, reason: str) -> None:

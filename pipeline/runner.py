@@ -147,8 +147,9 @@ class Pipeline:
     def close(self, linger_s: float = 0.0) -> None:
         """Stop everything, finalise every output, free shared memory. Safe to call more than once."""
         self.request_stop()
+        deadline = time.monotonic() + max((r.settings.open_timeout_s for r in self.readers), default=0) + 1
         for reader in self.readers:
-            reader.join(5)
+            reader.join(max(0.1, deadline - time.monotonic()))
         self._abort.set()
         with self._cond:
             self._cond.notify_all()

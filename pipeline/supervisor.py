@@ -55,7 +55,10 @@ class WorkerClient:
             kind = msg[0]
             if kind == "ready":
                 self.info = msg[1]
-                log.info("worker %d ready: %s", self._proc.pid, self.info)
+                i = self.info
+                log.info("worker %d ready: %s (%s) on %s %s %s, input %dx%d, max batch %d", self._proc.pid,
+                         i["model"], i["family"], i["backend"], i["device"], i["precision"], i["input_size"][1],
+                         i["input_size"][0], i["max_batch"])
                 return self.info
             if kind == "error":
                 self._proc.join(5)
