@@ -137,6 +137,8 @@ def cmd_models(_args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenCV's own warnings ("[ WARN:0@...] cap.cpp ...") would repeat, less clearly, the one line we print.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", None) or "info")
     try:

@@ -51,5 +51,6 @@ class HttpServer:
         log.info("metrics on http://%s:%d/metrics", self.host, self.port)
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, which may never have started
+            self._server.shutdown()
         self._server.server_close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 
 from engines.adapters import AdapterParams, read_labels
 from engines.base import EngineOptions
@@ -136,7 +135,7 @@ class Pipeline:
             if drain_deadline is not None and time.monotonic() > drain_deadline:
                 log.warning("frames still in flight after %.0f s; dropping them", drain_timeout_s)
                 break
-            for reader, out in zip(self.readers, self.outputs):
+            for reader in self.readers:
                 self.metrics.queue_depth.labels(reader.name).set(len(reader.queue))
             if progress is not None:
                 progress.update(self)

@@ -20,7 +20,7 @@ def load_yaml_with_lines(path: Path) -> tuple[object, dict[Loc, int]]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found; pass an existing file with -c") from None
+        raise ConfigError(f"{path}: config file not found; give the path of an existing YAML file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.__class__.__name__}: {exc})") from None
     return parse_yaml_with_lines(text, str(path))
@@ -42,17 +42,32 @@ def parse_yaml_with_lines(text: str, name: str) -> tuple[object, dict[Loc, int]]
         raise ConfigError(f"{name}{line}: invalid YAML: {problem}; fix the syntax at that line") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}: invalid YAML: {exc}") from None
+    except _DuplicateKey as dup:
+        raise ConfigError(f"{name}:{dup.line}: {dup.key}: duplicate key (first at line {dup.first}); YAML keeps "
+                          "only the last one, so merge them into one") from None
     finally:
         loader.dispose()
     return data, lines
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int, first: int):
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
 def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
     lines.setdefault(loc, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
             sub = loc + (key,)
+            line = key_node.start_mark.line + 1
+            if key != "<<" and key in seen:  # PyYAML would silently keep the last (e.g. a second `model:`)
+                dotted = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in sub).lstrip(".")
+                raise _DuplicateKey(dotted, line, seen[key])
+            seen[key] = line
             lines[sub] = key_node.start_mark.line + 1
             _walk(value_node, sub, lines)
             lines[sub] = key_node.start_mark.line + 1  # the key's own line wins over its value's

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
 import pytest
 
 from engines.adapters import AdapterParams
