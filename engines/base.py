@@ -11,9 +11,12 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from engines.build import TensorRTOptions
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,11 @@ class EngineOptions:
     threads: int = 0  # 0 = the runtime's default
     precision: str = "fp32"
     device: str = "cpu"
+    # (h, w) the model takes, for formats that do not record it (TorchScript) and for ONNX models with a
+    # dynamic H/W that TensorRT must fix at build time; None: the model's own.
+    input_hw: tuple[int, int] | None = None
+    cache_dir: str | None = None  # built engines (TensorRT); None: the default cache directory
+    tensorrt: "TensorRTOptions | None" = None  # engines.build.TensorRTOptions; None: its defaults
 
 
 class Engine(ABC):
@@ -103,8 +111,11 @@ class Engine(ABC):
 # costs nothing until it is asked for.
 _BACKENDS: dict[str, str] = {
     "onnxruntime": "engines.onnxruntime:OnnxRuntimeEngine",
+    "torch": "engines.torch:TorchEngine",
+    "tensorrt": "engines.tensorrt:TensorRTEngine",  # imports tensorrt/pycuda only when an engine is created
+    "auto": "engines.select:create_auto_engine",  # a Factory: probes, then creates one of the above
 }
-_LOADED: dict[str, type[Engine]] = {}
+_LOADED: dict[str, type[Engine] | Factory] = {}
 
 
 def register_backend(name: str, target: str | type[Engine]) -> None:
@@ -120,7 +131,7 @@ def available_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def backend_class(name: str) -> type[Engine]:
+def backend_class(name: str) -> type[Engine] | Factory:
     if name not in _BACKENDS:
         raise EngineError(f"unknown backend {name!r}; available: {', '.join(available_backends())}")
     if name not in _LOADED:

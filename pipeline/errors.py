@@ -15,3 +15,7 @@ class SourceError(UserError):
 
 class ModelError(UserError):
     """A model is missing, unreadable or not what its family expects."""
+
+
+class SourceUnsupported(SourceError):
+    """A source this installation can never open (e.g. GStreamer without GStreamer): not retried."""

@@ -50,6 +50,11 @@ class Metrics:
         self.worker_restarts = Counter(
             "perceptd_worker_restarts_total", "Times the inference worker died and was restarted", registry=r)
         self.worker_up = Gauge("perceptd_worker_up", "1 while the inference worker is ready", registry=r)
+        self.preview_viewers = Gauge(
+            "perceptd_preview_viewers", "Live-view clients watching the source", ["source"], registry=r)
+        self.preview_frames = Counter(
+            "perceptd_preview_frames_total", "JPEGs encoded for the live view (only while watched)", ["source"],
+            registry=r)
         self.info = Info("perceptd", "Version and the model/engine in use", registry=r)
         self.info.info({"version": __version__, "model": "", "backend": "", "precision": "", "device": ""})
 
@@ -63,6 +68,8 @@ class Metrics:
         self.queue_depth.labels(name).set(0)
         self.source_up.labels(name).set(0)
         self.source_reconnects.labels(name)
+        self.preview_viewers.labels(name).set(0)
+        self.preview_frames.labels(name)
 
     def set_engine(self, model: str, backend: str, precision: str, device: str) -> None:
         self.info.info({"version": __version__, "model": model, "backend": backend, "precision": precision,

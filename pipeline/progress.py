@@ -26,13 +26,14 @@ class Progress:
             return
         self._last = now
         if self.mode == "bar":
-            self.stream.write("\r" + "  ".join(self._bar(r, o) for r, o in zip(pipeline.readers, pipeline.outputs))
-                              + "\x1b[K")
+            pairs = [(pipeline.readers[sid], out) for sid, out in list(pipeline.outputs.items())]
+            self.stream.write("\r" + "  ".join(self._bar(r, o) for r, o in pairs) + "\x1b[K")
             self.stream.flush()
         else:
-            for reader, out in zip(pipeline.readers, pipeline.outputs):
+            for sid, out in list(pipeline.outputs.items()):
+                reader = pipeline.readers[sid]
                 fps, e2e = out.stats()
-                total = reader.source.info.frame_count if not reader.live else 0
+                total = reader.source.info.frame_count if reader.source.info and not reader.live else 0
                 of = f"/{total}" if total else ""
                 dropped = sum(c.get() for c in _drop_counters(pipeline, reader.name))
                 log.info("%s: %d%s frames processed, %.1f fps, latency %.0f ms, %d dropped", reader.name,
@@ -44,13 +45,14 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
         if self.mode != "off":
-            for out in pipeline.outputs:
+            for out in list(pipeline.outputs.values()):
                 log.info("%s", out.summary())
 
     @staticmethod
     def _bar(reader, out) -> str:
         fps, e2e = out.stats()
-        total = reader.source.info.frame_count if not (reader.live or reader.settings.loop) else 0
+        info = reader.source.info
+        total = info.frame_count if info and not (reader.live or reader.settings.loop) else 0
         if total:
             frac = min(1.0, out.processed / total)
             filled = int(frac * 20)

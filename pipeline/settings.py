@@ -45,7 +45,9 @@ class SourceSettings(Strict):
     realtime: bool = Field(False, description="Files: pace at the native frame rate (then behaves as live)")
     speed: float = Field(1.0, gt=0, le=1000, description="Files with realtime: pace multiplier")
     max_frames: Optional[int] = Field(None, ge=1, description="Stop this source after N frames")
-    open_timeout_s: float = Field(10.0, gt=0, le=600, description="Network sources: open/read timeout")
+    open_timeout_s: float = Field(10.0, gt=0, le=600, description="Network sources: connect timeout")
+    stall_timeout_s: float = Field(30.0, gt=0, le=3600, description="Live sources: no frame this long means "
+                                   "stalled, reconnect (generous for sparse cameras)")
 
     @field_validator("name")
     @classmethod
@@ -60,7 +62,8 @@ class SourceSettings(Strict):
 
 
 class ModelSettings(Strict):
-    name: str = Field("retinaface", min_length=1, description="Built-in model name or path to an .onnx file")
+    name: str = Field("retinaface", min_length=1, description="Built-in model name, or path to an .onnx file "
+                      "(.pt/.pt2 with the torch backend)")
     family: Literal["auto", "retinaface", "yolo", "classifier"] = "auto"
     labels: Optional[Path] = Field(None, description="Text file, one label per line")
     input_size: Optional[tuple[int, int]] = Field(None, description="[height, width] fed to the network")
@@ -69,6 +72,13 @@ class ModelSettings(Strict):
     max_detections: int = Field(100, ge=1, le=10000)
     top_k: int = Field(5, ge=1, le=1000, description="Classifiers: classes reported per frame")
     classes: tuple[str, ...] = Field((), description="Keep only these labels (empty: all)")
+    mean: Optional[tuple[float, float, float]] = Field(
+        None, description="Classifiers: RGB mean subtracted from pixels scaled to [0, 1]; null: ImageNet's")
+    std: Optional[tuple[float, float, float]] = Field(
+        None, description="Classifiers: RGB std the centred pixels are divided by; null: ImageNet's")
+    resize: Literal["crop", "stretch"] = Field(
+        "crop", description="Classifiers: crop = shorter side to input/0.875, centre crop (torchvision eval); "
+        "stretch = straight to the input size")
 
     @field_validator("input_size")
     @classmethod
@@ -77,13 +87,33 @@ class ModelSettings(Strict):
             raise ValueError("each of [height, width] must be between 16 and 8192")
         return v
 
+    @field_validator("std")
+    @classmethod
+    def _std(cls, v):
+        if v is not None and min(v) <= 0:
+            raise ValueError("each std value must be greater than 0")
+        return v
+
 
 class EngineSettings(Strict):
-    backend: str = Field("onnxruntime", description="Inference backend")
+    backend: str = Field("onnxruntime", description="Inference backend: onnxruntime, tensorrt, torch, or auto "
+                         "(TensorRT on a GPU, else ONNX Runtime CUDA, else torch CUDA, else ONNX Runtime CPU)")
     max_batch: int = Field(4, ge=1, le=64, description="Most frames per inference call, across sources")
     threads: int = Field(0, ge=0, le=256, description="Runtime intra-op threads; 0 = runtime default")
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Materialised models, engines")
+    workspace_mb: int = Field(1024, ge=0, le=1 << 20, description="TensorRT builder workspace limit in MiB; "
+                              "0 = TensorRT's default (all device memory)")
+    dla_core: Optional[int] = Field(None, ge=0, le=15, description="TensorRT: build for this DLA core (Jetson "
+                                    "Xavier/Orin; fp16 or int8), layers it lacks fall back to the GPU")
+    calibration_images: Optional[Path] = Field(None, description="TensorRT int8 (8.5-10): folder of "
+                                               "representative frames to calibrate on")
+    calibration_cache: Optional[Path] = Field(None, description="TensorRT int8: calibration cache, read when "
+                                              "present, written after calibrating; default in cache_dir")
+    verify: bool = Field(True, description="TensorRT: refuse a new engine whose outputs differ from ONNX "
+                         "Runtime's beyond verify_tolerance (false: report only)")
+    verify_tolerance: Optional[float] = Field(None, gt=0, le=100, description="Largest max|diff|/max(1,max|ref|) "
+                                              "accepted; null = per precision (fp32 0.02, fp16 0.05, int8 0.25)")
 
     @field_validator("backend")
     @classmethod
@@ -102,6 +132,9 @@ class PipelineSettings(Strict):
     batch_timeout_ms: float = Field(2.0, ge=0, le=1000, description="Longest wait to fill a batch")
     worker_start_timeout_s: float = Field(300.0, gt=0, description="Engine load (and build) deadline")
     restart_backoff_s: float = Field(1.0, ge=0, le=300, description="First worker restart delay (doubles)")
+    reconnect_initial_s: float = Field(1.0, gt=0, le=300, description="First live-source reconnect delay")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Reconnect delay cap (doubling, jittered)")
+    reconnect_max_attempts: int = Field(0, ge=0, description="Give a source up after N failed reopenings; 0 = never")
 
 
 class VideoSinkSettings(Strict):
@@ -115,10 +148,18 @@ class EventsSinkSettings(Strict):
 
 
 class OverlaySettings(Strict):
+    boxes: bool = True
     labels: bool = True
     landmarks: bool = True
     banner: bool = True
     thickness: int = Field(2, ge=1, le=16)
+
+
+class PrivacySettings(Strict):
+    labels: tuple[str, ...] = Field((), description="Mask detections of these labels (e.g. [face]) in every "
+                                    "output that shows pixels; the events log still lists them")
+    mode: Literal["blur", "pixelate", "fill"] = "blur"
+    padding: float = Field(0.15, ge=0, le=1, description="Grow each masked box by this fraction per side")
 
 
 class SinkSettings(Strict):
@@ -126,6 +167,7 @@ class SinkSettings(Strict):
     video: VideoSinkSettings = VideoSinkSettings()
     events: EventsSinkSettings = EventsSinkSettings()
     overlay: OverlaySettings = OverlaySettings()
+    privacy: PrivacySettings = PrivacySettings()
     progress: Literal["auto", "bar", "log", "off"] = "auto"
     log_interval_s: float = Field(10.0, gt=0, description="Seconds between progress log lines")
 
@@ -135,6 +177,22 @@ class MetricsSettings(Strict):
     host: str = Field("127.0.0.1", min_length=1, description="Bind address; 0.0.0.0 exposes it")
     port: int = Field(9108, ge=0, le=65535)
     linger_s: float = Field(0.0, ge=0, le=3600, description="Keep serving after the sources end")
+
+
+class WebSettings(Strict):
+    enabled: bool = Field(True, description="The live view at / on the metrics server")
+    preview_fps: float = Field(10.0, gt=0, le=60, description="Most JPEGs per second per source, while watched")
+    jpeg_quality: int = Field(80, ge=10, le=100)
+    max_width: int = Field(960, ge=64, le=7680, description="Larger frames are scaled down for the view")
+    token: Optional[str] = Field(None, min_length=8, description="Require this token (bearer, basic-auth "
+                                 "password or ?token=); $PERCEPTD_WEB_TOKEN sets it too")
+    protect_metrics: bool = Field(False, description="Also require the token for /metrics")
+
+
+class ServiceSettings(Strict):
+    shutdown_grace_s: float = Field(10.0, ge=0, le=600, description="SIGTERM: longest wait for frames in flight")
+    watchdog: bool = Field(True, description="Ping systemd's watchdog (when WatchdogSec= is set) while frames move")
+    status_interval_s: float = Field(5.0, gt=0, le=3600, description="How often systemd's STATUS= line is updated")
 
 
 class LoggingSettings(Strict):
@@ -148,6 +206,8 @@ class Settings(Strict):
     pipeline: PipelineSettings = PipelineSettings()
     sinks: SinkSettings = SinkSettings()
     metrics: MetricsSettings = MetricsSettings()
+    web: WebSettings = WebSettings()
+    service: ServiceSettings = ServiceSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @field_validator("model", mode="before")

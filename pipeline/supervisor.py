@@ -76,6 +76,10 @@ class WorkerClient:
     def submit(self, item: WorkItem) -> None:
         self._inq.put(item)
 
+    def send_params(self, params) -> None:
+        """New thresholds for the adapter, applied between batches (queued behind frames already sent)."""
+        self._inq.put(("params", params))
+
     def results(self, timeout: float) -> list[WorkResult]:
         """The next batch of results, [] on timeout. WorkerDied when the process is gone."""
         try:

@@ -8,6 +8,7 @@ when it dies, and turns load failures into one-line errors.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -45,6 +46,10 @@ class WorkerSpec:
     batch_timeout_s: float
     log_level: int
     source_hw: tuple[int, int] = (640, 640)  # largest source frame (h, w), for resolution-following families
+    # Classifier preprocessing (model.mean / model.std / model.resize); None: the family's defaults.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    resize: str = "crop"
 
 
 def guess_family(outputs: list[TensorInfo]) -> str | None:
@@ -75,12 +80,34 @@ def input_size_for(spec: WorkerSpec, family: str, info: TensorInfo) -> tuple[int
     return FAMILY_INPUT_DEFAULTS[family]
 
 
+def planned_input_hw(spec: WorkerSpec) -> tuple[int, int] | None:
+    """The size input_size_for will pick for a dynamic-H/W model, known before the engine exists: TensorRT
+    fixes H/W at build time. None while the family is still "auto" (it is told from the engine's outputs)."""
+    if spec.input_size:
+        return tuple(spec.input_size)
+    if spec.family == "retinaface":
+        return input_size_for_sources(spec.source_hw)
+    return FAMILY_INPUT_DEFAULTS.get(spec.family)
+
+
+def _preprocess_kwargs(spec: WorkerSpec, family: str) -> dict:
+    if spec.mean is None and spec.std is None and spec.resize == "crop":
+        return {}
+    if family != "classifier":
+        raise ModelError(f"model.mean, model.std and model.resize apply to classifiers; {spec.model_name} is a "
+                         f"{family} model: remove them")
+    return {"mean": spec.mean, "std": spec.std, "resize": spec.resize}
+
+
 class _Runner:
     """The worker's state once the engine is loaded."""
 
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
-        self.engine = create_engine(spec.backend, spec.model_path, spec.options)
+        options = spec.options
+        if options.input_hw is None:
+            options = dataclasses.replace(options, input_hw=planned_input_hw(spec))
+        self.engine = create_engine(spec.backend, spec.model_path, options)
         family = spec.family
         if family == "auto":
             family = guess_family(self.engine.outputs)
@@ -89,7 +116,8 @@ class _Runner:
                                  f"{[o.shape for o in self.engine.outputs]}; set model.family")
         self.family = family
         self.input_hw = input_size_for(spec, family, self.engine.inputs[0])
-        self.adapter = adapter_class(family)(self.input_hw, list(spec.labels), spec.params)
+        self.adapter = adapter_class(family)(self.input_hw, list(spec.labels), spec.params,
+                                             **_preprocess_kwargs(spec, family))
         try:
             self.adapter.check_outputs([o.shape for o in self.engine.outputs])
         except ValueError as exc:
@@ -130,6 +158,14 @@ class _Runner:
             results.append(WorkResult(item.source_id, item.index, item.slot, tuple(dets), t_dequeued[i],
                                       pre_ns[i], infer_ns, post_ns, n))
         return results
+
+    def control(self, message: tuple) -> None:
+        kind, value = message
+        if kind == "params":
+            self.adapter.set_params(value)
+            log.info("thresholds updated: %s", value)
+        else:
+            log.warning("unknown control message %r", kind)
 
     def close(self) -> None:
         self.shm.close()
@@ -174,9 +210,13 @@ def _serve(runner: _Runner, spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue, par
             continue
         if item is None:
             return
+        if isinstance(item, tuple):
+            runner.control(item)
+            continue
         items, dequeued = [item], [time.monotonic_ns()]
         deadline = time.monotonic() + spec.batch_timeout_s
         stop = False
+        pending_control: list[tuple] = []
         while len(items) < runner.max_batch:
             remaining = deadline - time.monotonic()
             try:
@@ -186,8 +226,13 @@ def _serve(runner: _Runner, spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue, par
             if nxt is None:
                 stop = True
                 break
+            if isinstance(nxt, tuple):  # a control message: applies from the next batch on
+                pending_control.append(nxt)
+                continue
             items.append(nxt)
             dequeued.append(time.monotonic_ns())
         outq.put(("results", runner.run_batch(items, dequeued)))
+        for message in pending_control:
+            runner.control(message)
         if stop:
             return

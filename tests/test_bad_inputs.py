@@ -188,12 +188,30 @@ def test_check_config_when_the_password_holds_an_at_sign_no_part_of_it_shows(tmp
         assert part not in proc.stderr and part not in proc.stdout
 
 
-def test_run_when_a_stream_with_credentials_refuses_never_shows_the_password(untouched, cache_dir):
+def test_run_when_a_stream_with_credentials_refuses_retries_and_never_shows_the_password(untouched, cache_dir,
+                                                                                       tmp_path):
+    """A live source that is down is not a configuration error: it is retried with backoff (a camera
+    may come up after the daemon), SIGTERM still exits 0, and nothing earlier is replaced."""
+    import signal
+    import time
+
+    from tests.conftest import perceptd_cmd, perceptd_env
+
     port = free_port()  # nothing listens there: the connection is refused at once
-    proc = run("--source", f"carphone=rtsp://admin:s3cret@127.0.0.1:{port}/stream", cache_dir=cache_dir,
-               out=untouched)
-    user_error(proc, "source 'carphone'", f"rtsp://admin:***@127.0.0.1:{port}/stream")
-    assert "s3cret" not in proc.stderr and "s3cret" not in proc.stdout
+    log = tmp_path / "log.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(perceptd_cmd("run", "--source", f"carphone=rtsp://admin:s3cret@127.0.0.1:{port}/s",
+                                             "--output", str(untouched), "--metrics-port", "0"),
+                                env=perceptd_env(cache_dir), stdout=err, stderr=err, cwd=REPO)
+        deadline = time.monotonic() + 60
+        while log.read_text().count("retrying in") < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    text = log.read_text()
+    assert text.count("retrying in") >= 2, text
+    assert f"rtsp://admin:***@127.0.0.1:{port}/s" in text
+    assert "s3cret" not in text
 
 
 # ------------------------------------------------------------------------------------ sources

@@ -121,6 +121,11 @@ class Adapter(ABC):
         self.params = params
         self._keep = set(params.classes)
 
+    def set_params(self, params: AdapterParams) -> None:
+        """New thresholds and filters (a config reload), from the next frame on."""
+        self.params = params
+        self._keep = set(params.classes)
+
     def label(self, class_id: int) -> str:
         return self.labels[class_id] if 0 <= class_id < len(self.labels) else str(class_id)
 

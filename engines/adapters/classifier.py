@@ -1,7 +1,8 @@
 """Image classifiers (ImageNet style): resize the shorter side, center-crop, normalise; top-k classes.
 
 Preprocessing follows torchvision's eval transform: Resize(int(crop / 0.875)) then CenterCrop(crop), RGB in
-[0, 1], minus mean, over std. Models trained without normalisation take mean=(0, 0, 0), std=(1, 1, 1).
+[0, 1], minus mean, over std. Models trained without normalisation take mean=(0, 0, 0), std=(1, 1, 1);
+models trained on images resized straight to the input size (aspect not kept) take resize="stretch".
 Each reported class is a Detection whose box is the whole source image.
 """
 
@@ -38,9 +39,15 @@ class ClassifierAdapter(Adapter):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     crop_fraction: float = CROP_FRACTION
+    resize: str = "crop"  # or "stretch"
 
-    def __init__(self, input_hw, labels, params: AdapterParams, *, mean=None, std=None, crop_fraction=None):
+    def __init__(self, input_hw, labels, params: AdapterParams, *, mean=None, std=None, crop_fraction=None,
+                 resize=None):
         super().__init__(input_hw, labels, params)
+        if resize is not None:
+            if resize not in ("crop", "stretch"):
+                raise ValueError(f"resize must be 'crop' or 'stretch', got {resize!r}")
+            self.resize = resize
         if mean is not None:
             self.mean = tuple(float(v) for v in mean)
         if std is not None:
@@ -79,7 +86,10 @@ class ClassifierAdapter(Adapter):
     def preprocess(self, image_bgr, out):
         h, w = image_bgr.shape[:2]
         th, tw = self.input_hw
-        nh, nw, scale = self._resized_size(h, w)
+        if self.resize == "stretch":
+            nh, nw, scale = th, tw, min(th / h, tw / w)
+        else:
+            nh, nw, scale = self._resized_size(h, w)
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         resized = image_bgr if (nh, nw) == (h, w) else cv2.resize(image_bgr, (nw, nh), interpolation=interp)
         y0, x0 = int(round((nh - th) / 2)), int(round((nw - tw) / 2))  # as torchvision's CenterCrop

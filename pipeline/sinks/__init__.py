@@ -15,6 +15,8 @@ from pipeline.metrics import Metrics
 from pipeline.settings import SinkSettings
 from pipeline.sinks.files import EventsSink, VideoFileSink
 from pipeline.sinks.overlay import draw
+from pipeline.sinks.preview import Preview
+from pipeline.sinks.privacy import mask_regions
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +26,26 @@ _NS = 1e-9
 class SourceOutput:
     """The sinks of one source, fed in frame order by the result reader."""
 
-    def __init__(self, name: str, settings: SinkSettings, output_dir: Path, fps: float, metrics: Metrics,
-                 release: Callable[[Frame], None]):
+    def __init__(self, name: str, settings: SinkSettings, output_dir: Path, fps: Callable[[], float],
+                 metrics: Metrics, release: Callable[[Frame], None], stem: str | None = None,
+                 preview: Preview | None = None):
+        """`fps` is asked when the video opens (a live source's rate is known once it is connected);
+        `stem` names the files (default: the source name)."""
         self.name = name
         self.settings = settings
         self.metrics = metrics
         self._release = release
         self._q: queue.Queue = queue.Queue()  # bounded upstream: at most the pool's slots are in flight
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
-        self.video = (VideoFileSink(output_dir / f"{name}{settings.video.extension}", settings.video.fourcc, fps)
+        stem = stem or name
+        self.video = (VideoFileSink(output_dir / f"{stem}{settings.video.extension}", settings.video.fourcc, fps)
                       if settings.video.enabled else None)
-        self.events = EventsSink(output_dir / f"{name}.jsonl") if settings.events.enabled else None
+        self.events = EventsSink(output_dir / f"{stem}.jsonl") if settings.events.enabled else None
+        self.preview = preview
+        self._mask_labels = frozenset(settings.privacy.labels)
+        # Landmarks would redraw the geometry of a masked face: not with masking on.
+        self._overlay = (settings.overlay.model_copy(update={"landmarks": False}) if self._mask_labels
+                         else settings.overlay)
         self.processed = 0
         self.first_done_ns = 0
         self.last_done_ns = 0
@@ -92,11 +103,18 @@ class SourceOutput:
 
     def _write(self, frame: Frame, r: WorkResult) -> None:
         t_sink = time.monotonic_ns()
-        if self.video is not None:
+        to_preview = self.preview is not None and self.preview.wants_frame()
+        if self.video is not None or to_preview:
+            if self._mask_labels:  # before drawing: boxes and labels stay visible over the masked region
+                p = self.settings.privacy
+                mask_regions(frame.image, r.detections, self._mask_labels, p.mode, p.padding)
             fps, e2e_ms = self.stats()
             banner = f"{self.name}  {fps:5.1f} fps  {e2e_ms:5.0f} ms" if self.settings.overlay.banner else ""
-            draw(frame.image, r.detections, self.settings.overlay, banner)
-            self.video.write(frame.image)
+            draw(frame.image, r.detections, self._overlay, banner)
+            if self.video is not None:
+                self.video.write(frame.image)
+            if to_preview:
+                self.preview.publish(frame.image)
         t_done = time.monotonic_ns()
         stages = {
             "capture": frame.t_decoded_ns - frame.t_capture_ns,

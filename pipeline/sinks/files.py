@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -46,10 +47,10 @@ class _AtomicFile:
 class VideoFileSink(_AtomicFile):
     """Annotated frames into a video container; opened at the first frame (its size is known then)."""
 
-    def __init__(self, final: Path, fourcc: str, fps: float):
+    def __init__(self, final: Path, fourcc: str, fps: Callable[[], float]):
         super().__init__(final)
         self.fourcc = fourcc
-        self.fps = fps if fps > 0 else 25.0
+        self._fps = fps
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
         self.frames = 0
@@ -58,7 +59,8 @@ class VideoFileSink(_AtomicFile):
         h, w = image.shape[:2]
         if self._writer is None:
             self._size = (w, h)
-            self._writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
+            fps = self._fps() or 25.0  # streams that do not say play back at a common camera rate
+            self._writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*self.fourcc), fps, (w, h))
             if not self._writer.isOpened():
                 self._writer = None
                 raise UserError(f"cannot write video {self.final} with codec {self.fourcc!r}; set "
@@ -81,10 +83,12 @@ class EventsSink(_AtomicFile):
 
     def __init__(self, final: Path):
         super().__init__(final)
-        self._f = open(self.partial, "w", encoding="utf-8", buffering=1)
+        self._f = None  # opened at the first frame: a source that never delivers replaces nothing
         self.lines = 0
 
     def write(self, record: dict) -> None:
+        if self._f is None:
+            self._f = open(self.partial, "w", encoding="utf-8", buffering=1)
         self._f.write(json.dumps(record, separators=(",", ":")) + "\n")
         self.lines += 1
 

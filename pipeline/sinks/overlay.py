@@ -28,7 +28,7 @@ def draw(image: np.ndarray, detections: tuple[Detection, ...], settings: Overlay
         x1, y1, x2, y2 = (int(round(v)) for v in det.box)
         color = color_for(max(det.class_id, 0))
         whole_image = x1 <= 0 and y1 <= 0 and x2 >= w - 1 and y2 >= h - 1  # a classifier's result
-        if not whole_image:
+        if not whole_image and settings.boxes:
             cv2.rectangle(image, (x1, y1), (x2, y2), color, t, cv2.LINE_AA)
         if settings.landmarks:
             for i, (px, py) in enumerate(det.landmarks):

@@ -17,7 +17,7 @@ def make_source(settings: SourceSettings) -> VideoSource:
     if kind == "camera":
         return CameraSource(settings.uri, settings.name)
     if kind == "network":
-        return NetworkSource(settings.uri, settings.name, settings.open_timeout_s)
+        return NetworkSource(settings.uri, settings.name, settings.open_timeout_s, settings.stall_timeout_s)
     return GStreamerSource(settings.uri, settings.name)
 
 

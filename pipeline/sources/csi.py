@@ -6,7 +6,7 @@ import re
 
 import cv2
 
-from pipeline.errors import SourceError
+from pipeline.errors import SourceUnsupported
 from pipeline.sources.base import VideoSource
 
 
@@ -21,7 +21,7 @@ class GStreamerSource(VideoSource):
 
     def _open_capture(self) -> cv2.VideoCapture:
         if not opencv_has_gstreamer():
-            raise SourceError(
+            raise SourceUnsupported(
                 f"source '{self.name}': this OpenCV ({cv2.__version__}) was built without GStreamer, so GStreamer "
                 "pipelines cannot be opened; on Jetson use JetPack's OpenCV (python3-opencv, not pip's "
                 "opencv-python), or give a /dev/video path or stream URL instead")

@@ -13,15 +13,16 @@ class NetworkSource(VideoSource):
     kind = "network"
     live = True
 
-    def __init__(self, uri: str, name: str, timeout_s: float = 10.0):
+    def __init__(self, uri: str, name: str, timeout_s: float = 10.0, stall_s: float = 30.0):
         super().__init__(uri, name)
         self.timeout_ms = int(timeout_s * 1000)
+        self.stall_ms = int(stall_s * 1000)  # a read that waits longer is a stalled stream: reconnect
 
     def _open_capture(self) -> cv2.VideoCapture:
         if self.uri.lower().startswith("rtsp") and "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ:
             # TCP interleaving survives lossy links and NAT where UDP RTP silently drops packets.
             os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp"
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms]
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.stall_ms]
         return cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, params)
 
     def _open_hint(self) -> str:

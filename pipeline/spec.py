@@ -1,0 +1,47 @@
+"""From settings to what the worker runs: the resolved model and the WorkerSpec."""
+
+from __future__ import annotations
+
+import logging
+
+from engines.adapters import AdapterParams, read_labels
+from engines.base import EngineOptions
+from engines.build import TensorRTOptions
+from engines.zoo import ResolvedModel, resolve_model
+from pipeline.settings import Settings
+from pipeline.worker import WorkerSpec
+
+FAMILY_CONFIDENCE = {"retinaface": 0.8, "yolo": 0.25, "classifier": 0.0, "auto": 0.25}
+
+
+def adapter_params(settings: Settings, family: str) -> AdapterParams:
+    m = settings.model
+    confidence = m.confidence if m.confidence is not None else FAMILY_CONFIDENCE.get(family, 0.25)
+    return AdapterParams(confidence, m.iou, m.max_detections, m.top_k, tuple(m.classes))
+
+
+def build_worker_spec(settings: Settings, source_hw: tuple[int, int]) -> tuple[WorkerSpec, ResolvedModel]:
+    """Resolve the model (UserError when it is missing or not ONNX) and describe the worker to spawn."""
+    s, m = settings, settings.model
+    model = resolve_model(m.name, m.family, m.labels, m.input_size, s.engine.cache_dir, read_labels,
+                          backend=s.engine.backend)
+    spec = WorkerSpec(
+        model_name=model.name, model_path=str(model.path), family=model.family, labels=model.labels,
+        input_size=model.input_size,
+        params=adapter_params(settings, model.family),
+        backend=s.engine.backend,
+        options=EngineOptions(s.engine.max_batch, s.engine.threads, s.engine.precision,
+                              input_hw=model.input_size, cache_dir=str(s.engine.cache_dir),
+                              tensorrt=TensorRTOptions.from_settings(s.engine, model.family, m)),
+        batch_timeout_s=s.pipeline.batch_timeout_ms / 1000.0,
+        log_level=logging.getLogger().getEffectiveLevel(),
+        source_hw=source_hw, mean=m.mean, std=m.std, resize=m.resize)
+    return spec, model
+
+
+def engine_changed(old: Settings, new: Settings) -> bool:
+    """Does a reload need a new worker? Thresholds and filters are applied to the running one."""
+    live = {"confidence", "iou", "max_detections", "top_k", "classes"}
+    return (old.engine != new.engine
+            or old.model.model_dump(exclude=live) != new.model.model_dump(exclude=live)
+            or old.pipeline.batch_timeout_ms != new.pipeline.batch_timeout_ms)

@@ -1,0 +1,35 @@
+"""A real RTSP server on 127.0.0.1 for the reconnection tests: GStreamer's gst-rtsp-server, through
+Debian's python3-gi (run with the system Python: `/usr/bin/python3 tests/rtsp_server.py PORT`).
+
+Serves rtsp://127.0.0.1:PORT/live: a 320x240, 25 fps moving test pattern as RTP/JPEG.
+"""
+
+import sys
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+
+PIPELINE = ("( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=25/1,"
+            "format=I420 ! jpegenc quality=80 ! rtpjpegpay name=pay0 pt=26 )")
+
+
+def main() -> None:
+    Gst.init(None)
+    server = GstRtspServer.RTSPServer()
+    server.set_address("127.0.0.1")
+    server.set_service(sys.argv[1])
+    factory = GstRtspServer.RTSPMediaFactory()
+    factory.set_launch(PIPELINE)
+    factory.set_shared(True)
+    server.get_mount_points().add_factory("/live", factory)
+    if server.attach(None) == 0:
+        sys.exit(f"cannot listen on 127.0.0.1:{sys.argv[1]}")
+    print("ready", flush=True)
+    GLib.MainLoop().run()
+
+
+if __name__ == "__main__":
+    main()
