@@ -39,7 +39,8 @@ class OnnxRuntimeEngine(Engine):
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         providers = ["CPUExecutionProvider"]
-        if options.device.startswith("cuda"):
+        cuda_here = "CUDAExecutionProvider" in ort.get_available_providers()
+        if options.device.startswith("cuda") or (options.device == "auto" and cuda_here):
             providers.insert(0, "CUDAExecutionProvider")
         try:
             self._session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=providers)

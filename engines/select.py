@@ -94,6 +94,17 @@ def probe_torch_cuda() -> tuple[bool, str]:
     return True, f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}"
 
 
+def torch_can_run(model_path: Path) -> bool:
+    """torch runs TorchScript or exported programs; an ONNX model only through one written beside it."""
+    from engines.zoo import torch_file_kind
+
+    path = Path(model_path)
+    if torch_file_kind(path) in ("torchscript", "exported_program"):
+        return True
+    return any(torch_file_kind(path.with_suffix(s)) in ("torchscript", "exported_program") for s in (".pt2", ".pt")
+               if path.with_suffix(s).exists())
+
+
 def create_auto_engine(model_path: Path, options: EngineOptions) -> Engine:
     """The `auto` entry of the backend registry: probe, choose, log why, create."""
     trt_ok, trt_why = probe_tensorrt()
@@ -104,6 +115,8 @@ def create_auto_engine(model_path: Path, options: EngineOptions) -> Engine:
         ort_ok, ort_why, ort_engine = probe_ort_cuda(model_path, options) if gpu_ok else (False, "no GPU", None)
         if not ort_ok:
             torch_ok, torch_why = probe_torch_cuda() if gpu_ok else (False, "no GPU")
+    if torch_ok and not torch_can_run(model_path):
+        torch_ok, torch_why = False, f"{Path(model_path).name} has no TorchScript/exported program beside it"
     choice = choose_backend(trt_ok, gpu_ok, ort_ok, torch_ok)
     log.info("backend auto -> %s on %s: %s [tensorrt: %s; gpu: %s; onnxruntime cuda: %s; torch cuda: %s]",
              choice.backend, choice.device, choice.reason, trt_why, gpu_why, ort_why, torch_why)

@@ -32,7 +32,10 @@ class TorchEngine(Engine):
         if options.precision == "int8":
             raise EngineError("precision int8 is TensorRT's; the torch backend runs fp16 on CUDA, fp32 on CPU")
         try:
-            self._device = torch.device(options.device)
+            wanted = options.device
+            if wanted == "auto":
+                wanted = "cuda" if torch.cuda.is_available() else "cpu"
+            self._device = torch.device(wanted)
         except RuntimeError as exc:
             raise EngineError(f"device {options.device!r}: {exc}") from None
         if self._device.type == "cuda" and not torch.cuda.is_available():

@@ -38,7 +38,12 @@ class Backoff:
 
 
 class FrameQueue:
-    """A bounded FIFO of frames for one source. `drop_oldest` decides what happens when it is full."""
+    """A bounded queue of frames for one source.
+
+    Blocking (files): FIFO; a full queue makes the reader wait, nothing is dropped. Dropping (live): a full
+    queue evicts its oldest frame, and the dispatcher always takes the newest frame, dropping the older
+    ones: they would only reach the worker late, and latency must stay flat when the worker is behind.
+    """
 
     def __init__(self, maxsize: int, drop_oldest: bool, on_drop, changed: threading.Condition):
         self._items: deque[Frame] = deque()
@@ -62,8 +67,15 @@ class FrameQueue:
         return True
 
     def pop(self) -> Frame | None:
-        """Caller holds the shared condition."""
-        return self._items.popleft() if self._items else None
+        """The next frame for the worker (the newest, for dropping queues). Caller holds the condition."""
+        if not self._items:
+            return None
+        if not self.drop_oldest:
+            return self._items.popleft()
+        newest = self._items.pop()
+        while self._items:
+            self._on_drop(self._items.popleft(), "queue_full")
+        return newest
 
     def drain(self) -> list[Frame]:
         with self._changed:

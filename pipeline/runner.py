@@ -58,6 +58,8 @@ class Pipeline:
         self.started = False
         self.last_result_ns = time.monotonic_ns()
         self._inflight_limit = 2 * settings.engine.max_batch  # one batch running, one ready to go
+        self._per_source: dict[int, int] = {}  # frames in flight by source id
+        self._live_inflight = settings.pipeline.live_inflight
         self._threads: list[threading.Thread] = []
 
     # start-up ------------------------------------------------------------------------------------------
@@ -284,9 +286,12 @@ class Pipeline:
         with self._cond:
             leftovers = list(self._inflight.values())
             self._inflight.clear()
+            self._per_source.clear()
             for reader in readers:
                 leftovers.extend(reader.queue.drain())
         by_name = {r.name: r for r in readers}
+        for reader in readers:
+            self.metrics.queue_depth.labels(reader.name).set(0)
         for frame in leftovers:
             self.metrics.frames_dropped.labels(frame.source, "shutdown").inc()
             by_name[frame.source].release(frame)
@@ -313,7 +318,8 @@ class Pipeline:
             with self._cond:
                 while not self._abort.is_set():
                     room = self._inflight_limit - len(self._inflight)
-                    if self._worker_ready and room > 0 and any(len(r.queue) for r in self.readers.values()):
+                    if self._worker_ready and room > 0 and any(len(r.queue) and self._may_send(r)
+                                                               for r in self.readers.values()):
                         break
                     self._cond.wait(0.5)
                 if self._abort.is_set():
@@ -325,10 +331,13 @@ class Pipeline:
                     took = False
                     for k in range(n):
                         reader = readers[(turn + k) % n]
+                        if reader.live and self._per_source.get(reader.id, 0) >= self._live_inflight:
+                            continue  # its next frame goes when this one is back: the newest then
                         frame = reader.queue.pop()
                         if frame is not None:
                             batch.append((reader, frame))
                             self._inflight[(reader.id, frame.index)] = frame
+                            self._per_source[reader.id] = self._per_source.get(reader.id, 0) + 1
                             room -= 1
                             took = True
                             if room == 0:
@@ -345,6 +354,16 @@ class Pipeline:
                                            f.height, f.width, f.t_capture_ns, now))
             except (ValueError, OSError):
                 pass  # the worker died meanwhile: _restart counts these frames as lost
+
+    def _may_send(self, reader: SourceReader) -> bool:
+        return not reader.live or self._per_source.get(reader.id, 0) < self._live_inflight
+
+    def _took_back(self, key: tuple[int, int]) -> Frame | None:
+        """Remove a frame from the in-flight books (caller holds the condition)."""
+        frame = self._inflight.pop(key, None)
+        if frame is not None:
+            self._per_source[key[0]] -= 1
+        return frame
 
     def _collect(self) -> None:
         """Hand the worker's results to the sinks in order; restart the worker when it dies."""
@@ -366,7 +385,7 @@ class Pipeline:
                 self.metrics.batch_size.observe(results[0].batch_size)
             for r in results:
                 with self._cond:
-                    frame = self._inflight.pop((r.source_id, r.index), None)
+                    frame = self._took_back((r.source_id, r.index))
                     output = self.outputs.get(r.source_id)
                     self._cond.notify_all()
                 if frame is not None and output is not None:
@@ -389,6 +408,7 @@ class Pipeline:
             self._worker_ready = False
             lost = list(self._inflight.values())
             self._inflight.clear()
+            self._per_source.clear()
             self._cond.notify_all()
         log.error("%s; %d frame(s) in flight lost; restarting it in %.1f s", why, len(lost), delay)
         self.metrics.worker_restarts.inc()

@@ -101,6 +101,8 @@ class EngineSettings(Strict):
     max_batch: int = Field(4, ge=1, le=64, description="Most frames per inference call, across sources")
     threads: int = Field(0, ge=0, le=256, description="Runtime intra-op threads; 0 = runtime default")
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when the backend can "
+                                                   "use one (onnxruntime-gpu's CUDA provider, torch with CUDA)")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Materialised models, engines")
     workspace_mb: int = Field(1024, ge=0, le=1 << 20, description="TensorRT builder workspace limit in MiB; "
                               "0 = TensorRT's default (all device memory)")
@@ -130,6 +132,8 @@ class PipelineSettings(Strict):
     drop_policy: Literal["auto", "drop_oldest", "block"] = Field(
         "auto", description="auto: live sources drop the oldest frame, files block")
     batch_timeout_ms: float = Field(2.0, ge=0, le=1000, description="Longest wait to fill a batch")
+    live_inflight: int = Field(1, ge=1, le=64, description="Frames of one live source at the worker at once; "
+                               "1 keeps latency lowest, more trades latency for throughput")
     worker_start_timeout_s: float = Field(300.0, gt=0, description="Engine load (and build) deadline")
     restart_backoff_s: float = Field(1.0, ge=0, le=300, description="First worker restart delay (doubles)")
     reconnect_initial_s: float = Field(1.0, gt=0, le=300, description="First live-source reconnect delay")

@@ -30,7 +30,7 @@ def build_worker_spec(settings: Settings, source_hw: tuple[int, int]) -> tuple[W
         input_size=model.input_size,
         params=adapter_params(settings, model.family),
         backend=s.engine.backend,
-        options=EngineOptions(s.engine.max_batch, s.engine.threads, s.engine.precision,
+        options=EngineOptions(s.engine.max_batch, s.engine.threads, s.engine.precision, s.engine.device,
                               input_hw=model.input_size, cache_dir=str(s.engine.cache_dir),
                               tensorrt=TensorRTOptions.from_settings(s.engine, model.family, m)),
         batch_timeout_s=s.pipeline.batch_timeout_ms / 1000.0,
