@@ -61,13 +61,17 @@ class Engine(ABC):
         self.options = options
         self._closed = False
 
-    @property
-    @abstractmethod
-    def inputs(self) -> list[TensorInfo]: ...
+    # Backends set these once the model is loaded: what it takes and what it returns.
+    _inputs: list[TensorInfo] = []
+    _outputs: list[TensorInfo] = []
 
     @property
-    @abstractmethod
-    def outputs(self) -> list[TensorInfo]: ...
+    def inputs(self) -> list[TensorInfo]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return self._outputs
 
     @property
     def max_batch(self) -> int:

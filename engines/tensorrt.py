@@ -361,14 +361,6 @@ class TensorRTEngine(Engine):
         check(v, self.job.tolerance, self.job.verify, f"TensorRT {self.precision} engine {self.artifact.path.name}")
 
     @property
-    def inputs(self) -> list[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return self._outputs
-
-    @property
     def device(self) -> str:
         return f"dla{self.job.dla_core}" if self.job.dla_core is not None else "cuda"
 

@@ -117,14 +117,6 @@ class TorchEngine(Engine):
 
     # running -------------------------------------------------------------------------------------------
     @property
-    def inputs(self) -> list[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return self._outputs
-
-    @property
     def precision(self) -> str:
         return "fp16" if self._half else "fp32"
 
