@@ -1,4 +1,4 @@
-"""perceptd's command line: run | check-config | models | export | build-engine.
+"""perceptd's command line: run | check-config | models | export | build-engine | bench.
 
 Exit codes: 0 done (sources ended, or stopped by SIGINT/SIGTERM after finalising outputs); 2 bad input,
 with one line saying what to fix; 1 anything unexpected, with the traceback in the log.
@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write a torch.export program (torch backend)")
     exp.add_argument("--tolerance", type=float, metavar="T", default=None,
                      help="largest max-abs difference from torch accepted (default 1e-3)")
+
+    # Its options belong to the benchmarks module (`perceptd bench --help`): main() hands them over as they are.
+    sub.add_parser("bench", add_help=False, help="benchmark the pipeline against the engine alone and a plain "
+                   "loop (from a source checkout)")
     return p
 
 
@@ -235,8 +239,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(argv: list[str]) -> int:
+    """benchmarks/ lives in the source checkout, not in the installed package: found next to pipeline/."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "benchmarks" / "__main__.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError:
+        raise UserError("perceptd bench runs from a source checkout (benchmarks/ is not installed with perceptd); "
+                        "clone the repository and run `python -m benchmarks` there") from None
+    return bench_main(argv, prog="perceptd bench")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    bench_args = argv[1:] if argv[:1] == ["bench"] else None
+    args = build_parser().parse_args(argv if bench_args is None else ["bench"])
     # OpenCV's and FFmpeg's own messages bypass our log (and its credential redaction) and repeat, less
     # clearly, what we report; they come back with --log-level debug.
     if getattr(args, "log_level", None) != "debug":
@@ -245,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(getattr(args, "log_level", None) or "info")
     try:
         return {"run": cmd_run, "check-config": cmd_check_config, "models": cmd_models,
-                "export": cmd_export, "build-engine": cmd_build_engine}[args.command](args)
+                "export": cmd_export, "build-engine": cmd_build_engine,
+                "bench": lambda _: cmd_bench(bench_args)}[args.command](args)
     except UserError as exc:
         print(f"perceptd: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2

@@ -349,9 +349,8 @@ class Pipeline:
                 worker = self.worker
             now = time.monotonic_ns()
             try:
-                for reader, f in batch:
-                    worker.submit(WorkItem(reader.id, f.index, f.pool, f.slot, reader.pool_offset(f),
-                                           f.height, f.width, f.t_capture_ns, now))
+                worker.submit([WorkItem(reader.id, f.index, f.pool, f.slot, reader.pool_offset(f), f.height,
+                                        f.width, f.t_capture_ns, now) for reader, f in batch])
             except (ValueError, OSError):
                 pass  # the worker died meanwhile: _restart counts these frames as lost
 

@@ -131,7 +131,8 @@ class PipelineSettings(Strict):
     queue_size: int = Field(4, ge=1, le=1024, description="Frames waiting per source before drop/block")
     drop_policy: Literal["auto", "drop_oldest", "block"] = Field(
         "auto", description="auto: live sources drop the oldest frame, files block")
-    batch_timeout_ms: float = Field(2.0, ge=0, le=1000, description="Longest wait to fill a batch")
+    batch_timeout_ms: float = Field(0.0, ge=0, le=1000, description="Longest wait for more frames to fill a "
+                                    "batch; 0: run what is ready (a backlog still batches)")
     live_inflight: int = Field(1, ge=1, le=64, description="Frames of one live source at the worker at once; "
                                "1 keeps latency lowest, more trades latency for throughput")
     worker_start_timeout_s: float = Field(300.0, gt=0, description="Engine load (and build) deadline")
@@ -145,6 +146,15 @@ class VideoSinkSettings(Strict):
     enabled: bool = True
     fourcc: str = Field("mp4v", min_length=4, max_length=4, description="OpenCV FourCC code")
     extension: Literal[".mp4", ".avi", ".mkv"] = ".mp4"
+    segment_s: float = Field(600.0, ge=0, le=86400, description="Start a new file every N seconds (each one "
+                             "finalised and playable); 0: one file per run")
+
+    @field_validator("segment_s")
+    @classmethod
+    def _segment(cls, v: float) -> float:
+        if 0 < v < 1:
+            raise ValueError("use 0 (one file) or at least 1 second")
+        return v
 
 
 class EventsSinkSettings(Strict):

@@ -73,8 +73,9 @@ class WorkerClient:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.is_alive()
 
-    def submit(self, item: WorkItem) -> None:
-        self._inq.put(item)
+    def submit(self, items: list[WorkItem]) -> None:
+        """One message per dispatch pass: one pickle and one pipe write, and the worker sees them together."""
+        self._inq.put(items)
 
     def send_params(self, params) -> None:
         """New thresholds for the adapter, applied between batches (queued behind frames already sent)."""

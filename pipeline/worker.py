@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import deque
 import multiprocessing as mp
 import os
 import queue
@@ -201,38 +202,38 @@ def worker_main(spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue) -> None:
 
 
 def _serve(runner: _Runner, spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue, parent: int) -> None:
-    while True:
-        try:
-            item = inq.get(timeout=1.0)
-        except queue.Empty:
-            if os.getppid() != parent:  # orphaned: the daemon is gone
-                return
-            continue
-        if item is None:
-            return
-        if isinstance(item, tuple):
-            runner.control(item)
-            continue
-        items, dequeued = [item], [time.monotonic_ns()]
+    """Run batches of whatever is ready. The dispatcher sends each pass's frames as one message, so a
+    backlog is seen at once; with `batch_timeout_s` > 0 the worker also waits that long for a full batch."""
+    backlog: deque[tuple[WorkItem, int]] = deque()  # (frame, when it left the queue)
+    stop = False
+    while not (stop and not backlog):
+        if not backlog and not stop:
+            try:
+                stop = _take(inq.get(timeout=1.0), backlog, runner)
+            except queue.Empty:
+                if os.getppid() != parent:  # orphaned: the daemon is gone
+                    return
+                continue
         deadline = time.monotonic() + spec.batch_timeout_s
-        stop = False
-        pending_control: list[tuple] = []
-        while len(items) < runner.max_batch:
+        while len(backlog) < runner.max_batch and not stop:
             remaining = deadline - time.monotonic()
             try:
-                nxt = inq.get(timeout=remaining) if remaining > 0 else inq.get_nowait()
+                message = inq.get(timeout=remaining) if remaining > 0 else inq.get_nowait()
             except queue.Empty:
                 break
-            if nxt is None:
-                stop = True
-                break
-            if isinstance(nxt, tuple):  # a control message: applies from the next batch on
-                pending_control.append(nxt)
-                continue
-            items.append(nxt)
-            dequeued.append(time.monotonic_ns())
-        outq.put(("results", runner.run_batch(items, dequeued)))
-        for message in pending_control:
-            runner.control(message)
-        if stop:
-            return
+            stop = _take(message, backlog, runner)
+        if backlog:
+            batch = [backlog.popleft() for _ in range(min(len(backlog), runner.max_batch))]
+            outq.put(("results", runner.run_batch([b[0] for b in batch], [b[1] for b in batch])))
+
+
+def _take(message, backlog: deque, runner: _Runner) -> bool:
+    """File a message from the parent; True for the stop sentinel (frames already sent still run)."""
+    if message is None:
+        return True
+    if isinstance(message, tuple):  # control: new thresholds, from the next batch on
+        runner.control(message)
+    else:
+        now = time.monotonic_ns()
+        backlog.extend((item, now) for item in (message if isinstance(message, list) else [message]))
+    return False

@@ -54,8 +54,8 @@ def test_worker_when_two_sources_have_frames_ready_batches_them_together(cache_d
     info = worker.start(120)
     try:
         assert info["family"] == "retinaface" and info["max_batch"] == 4 and info["pid"] != 0
-        worker.submit(put_photo(pools[0], "astronaut", 0, 0))
-        worker.submit(put_photo(pools[1], "coffee", 1, 0))
+        worker.submit([put_photo(pools[0], "astronaut", 0, 0)])
+        worker.submit([put_photo(pools[1], "coffee", 1, 0)])  # a separate message, within the deadline
         results = collect(worker, 2)
     finally:
         worker.stop()
@@ -70,11 +70,23 @@ def test_worker_when_the_batch_deadline_passes_runs_a_partial_batch(cache_dir, p
     worker = WorkerClient(spec(cache_dir, max_batch=4, timeout_s=0.01))
     worker.start(120)
     try:
-        worker.submit(put_photo(pools[0], "astronaut", 0, 7))
+        worker.submit([put_photo(pools[0], "astronaut", 0, 7)])
         results = collect(worker, 1)
     finally:
         worker.stop()
     assert len(results) == 1 and results[0].batch_size == 1 and results[0].index == 7
+
+
+def test_worker_when_a_backlog_arrives_without_a_deadline_batches_it_up_to_the_limit(cache_dir, pools):
+    worker = WorkerClient(spec(cache_dir, max_batch=2, timeout_s=0.0))
+    worker.start(120)
+    try:
+        worker.submit([put_photo(pools[0], "astronaut", 0, i) for i in range(3)])
+        results = collect(worker, 3)
+    finally:
+        worker.stop()
+    assert [(r.index, r.batch_size) for r in results] == [(0, 2), (1, 2), (2, 1)]
+    assert all(len(r.detections) == 1 for r in results)
 
 
 def test_worker_when_killed_reports_its_death(cache_dir):

@@ -38,8 +38,8 @@ class SourceOutput:
         self._q: queue.Queue = queue.Queue()  # bounded upstream: at most the pool's slots are in flight
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         stem = stem or name
-        self.video = (VideoFileSink(output_dir / f"{stem}{settings.video.extension}", settings.video.fourcc, fps)
-                      if settings.video.enabled else None)
+        self.video = (VideoFileSink(output_dir / f"{stem}{settings.video.extension}", settings.video.fourcc, fps,
+                                    settings.video.segment_s) if settings.video.enabled else None)
         self.events = EventsSink(output_dir / f"{stem}.jsonl") if settings.events.enabled else None
         self.preview = preview
         self._mask_labels = frozenset(settings.privacy.labels)

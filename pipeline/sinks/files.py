@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -45,27 +47,43 @@ class _AtomicFile:
 
 
 class VideoFileSink(_AtomicFile):
-    """Annotated frames into a video container; opened at the first frame (its size is known then)."""
+    """Annotated frames into a video container; opened at the first frame (its size is known then).
 
-    def __init__(self, final: Path, fourcc: str, fps: Callable[[], float]):
+    With `segment_s` the video is cut into files of that length: `<stem>.mp4`, then
+    `<stem>.<date>-<time>.mp4` for each later segment. A muxer keeps every frame's index entry in memory
+    until the file is closed, so one endless file would grow the daemon by ~0.1 KB per frame for months;
+    segments also give operators files they can open while the daemon runs.
+    """
+
+    def __init__(self, final: Path, fourcc: str, fps: Callable[[], float], segment_s: float = 0.0):
         super().__init__(final)
+        self._first = Path(final)
         self.fourcc = fourcc
         self._fps = fps
+        self._segment_ns = int(segment_s * 1e9)
+        self._opened_ns = 0
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
-        self.frames = 0
+        self.frames = 0  # in the current file
+        self.files: list[Path] = []  # finalised so far
 
     def write(self, image: np.ndarray) -> None:
         h, w = image.shape[:2]
+        if self._writer is not None and self._segment_ns and time.monotonic_ns() - self._opened_ns >= self._segment_ns:
+            self.close()
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            super().__init__(self._first.with_name(f"{self._first.stem}.{stamp}{self._first.suffix}"))
         if self._writer is None:
-            self._size = (w, h)
+            self._size = self._size or (w, h)  # segments keep the first size: players expect one
             fps = self._fps() or 25.0  # streams that do not say play back at a common camera rate
-            self._writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*self.fourcc), fps, (w, h))
+            self._writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*self.fourcc), fps, self._size)
             if not self._writer.isOpened():
                 self._writer = None
                 raise UserError(f"cannot write video {self.final} with codec {self.fourcc!r}; set "
                                 "sinks.video.fourcc to one this OpenCV supports (mp4v, MJPG, XVID)")
-        if (w, h) != self._size:  # a stream that changed resolution: keep one file, scale into it
+            self._opened_ns = time.monotonic_ns()
+            self.frames = 0
+        if (w, h) != self._size:  # a stream that changed resolution: keep one size, scale into it
             image = cv2.resize(image, self._size)
         self._writer.write(image)
         self.frames += 1
@@ -75,6 +93,7 @@ class VideoFileSink(_AtomicFile):
             self._writer.release()  # writes the index (moov atom): the file is playable from here on
             self._writer = None
             self.commit()
+            self.files.append(self.final)
             log.info("wrote %s (%d frames)", self.final, self.frames)
 
 
