@@ -7,12 +7,12 @@ This module imports no torch: a model already in the cache runs without it. The 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import logging
 from pathlib import Path
 
+from engines.cache import sha256_file
 from pipeline.errors import ModelError, UserError
 
 log = logging.getLogger(__name__)
@@ -35,18 +35,10 @@ def installed_file(dist: str, relpath: str) -> Path:
     return path
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def materialise_mobilenet_v2(models_dir: Path, backend: str, labels: tuple[str, ...]) -> Path:
     """The ImageNet MobileNetV2 as ONNX, or as TorchScript for the torch backend, in `models_dir`."""
     weights = installed_file(*MOBILENET_V2_WEIGHTS)
-    key = f"{file_digest(weights)[:12]}-r{RECIPE}"
+    key = f"{sha256_file(weights)[:12]}-r{RECIPE}"
     onnx_path = models_dir / f"mobilenet_v2-{key}.onnx"
     torchscript = models_dir / f"mobilenet_v2-{key}.pt"
     target = torchscript if backend == "torch" else onnx_path
