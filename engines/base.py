@@ -111,6 +111,21 @@ class Engine(ABC):
         return {"backend": self.name, "precision": self.precision, "device": self.device, "max_batch": self.max_batch}
 
 
+# Long loads (a TensorRT build takes minutes) report progress through this hook; the inference worker
+# forwards it to the daemon, which then keeps waiting instead of declaring the load hung.
+_progress_hook: Callable[[str], None] | None = None
+
+
+def set_progress_hook(hook: Callable[[str], None] | None) -> None:
+    global _progress_hook
+    _progress_hook = hook
+
+
+def report_progress(what: str) -> None:
+    if _progress_hook is not None:
+        _progress_hook(what)
+
+
 # name -> "module:Class"; modules are imported lazily so an absent optional runtime (tensorrt, torch)
 # costs nothing until it is asked for.
 _BACKENDS: dict[str, str] = {

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Optional, Protocol
 from engines.cache import (EngineKey, FileLock, atomic_write, decide, ensure_writable, key_stem, make_sidecar,
                            read_sidecar, sidecar_path, timing_cache_path, write_sidecar)
 from engines.calibration import CalibrationSource, calibration_source
+from engines.base import report_progress
 from pipeline.errors import ModelError, UserError
 
 if TYPE_CHECKING:
@@ -324,8 +325,10 @@ class _Heartbeat:
         t0 = time.monotonic()
         while not self._stop.wait(HEARTBEAT_S):
             log.info("still building the TensorRT engine for %s (%.0f s so far)", self.what, time.monotonic() - t0)
+            report_progress(f"building the TensorRT engine for {self.what} ({time.monotonic() - t0:.0f} s)")
 
     def __enter__(self) -> "_Heartbeat":
+        report_progress(f"building the TensorRT engine for {self.what}")
         self._thread.start()
         return self
 

@@ -53,6 +53,10 @@ class WorkerClient:
                                     f"{timeout_s:.0f} s; raise pipeline.worker_start_timeout_s") from None
                 continue
             kind = msg[0]
+            if kind == "progress":  # a long load (TensorRT build) that is moving: keep waiting
+                deadline = time.monotonic() + timeout_s
+                log.info("worker: %s", msg[1])
+                continue
             if kind == "ready":
                 self.info = msg[1]
                 i = self.info
@@ -94,6 +98,8 @@ class WorkerClient:
             raise WorkerDied(f"inference worker's result queue broke: {exc}") from None
         if msg[0] == "results":
             return msg[1]
+        if msg[0] == "progress":
+            return []
         log.warning("unexpected message from worker: %r", msg[0])
         return []
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from engines.adapters import AdapterParams, adapter_class
 from engines.adapters.retinaface import input_size_for_sources
-from engines.base import EngineError, EngineOptions, TensorInfo, create_engine
+from engines.base import EngineError, EngineOptions, TensorInfo, create_engine, set_progress_hook
 from pipeline.errors import ModelError, UserError
 from pipeline.frame import WorkItem, WorkResult
 from pipeline.shm import Attachments
@@ -181,6 +181,7 @@ def worker_main(spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
     parent = os.getppid()
+    set_progress_hook(lambda what: outq.put(("progress", what)))
     try:
         runner = _Runner(spec)
     except UserError as exc:

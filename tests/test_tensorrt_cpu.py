@@ -434,3 +434,23 @@ def test_build_engine_cli_when_tensorrt_is_not_importable_exits_2_with_one_line(
 
 def test_photos_fixture_is_real():  # guards the calibration tests against an empty fixture
     assert photo_bgr("astronaut").shape == (512, 512, 3)
+
+
+def test_build_heartbeat_when_a_build_runs_reports_progress_to_the_worker_hook(monkeypatch):
+    """A long TensorRT build reports progress through engines.base's hook; the worker forwards it to the
+    daemon, whose start deadline then counts from the last report instead of killing a slow build."""
+    import time
+
+    import engines.build as build
+    from engines.base import set_progress_hook
+
+    seen: list[str] = []
+    monkeypatch.setattr(build, "HEARTBEAT_S", 0.05)
+    set_progress_hook(seen.append)
+    try:
+        with build._Heartbeat("model.onnx"):
+            time.sleep(0.3)
+    finally:
+        set_progress_hook(None)
+    assert seen[0] == "building the TensorRT engine for model.onnx"
+    assert len(seen) >= 3 and all("model.onnx" in s for s in seen)
