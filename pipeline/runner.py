@@ -23,7 +23,7 @@ from pipeline.http import HttpServer
 from pipeline.metrics import Metrics
 from pipeline.progress import Progress
 from pipeline.settings import Settings, SourceSettings
-from pipeline.sinks import SourceOutput
+from pipeline.sinks import SourceOutput, retention
 from pipeline.sinks.preview import Preview
 from pipeline.sinks.files import check_output_dir
 from pipeline.sources import VideoSource, make_source
@@ -33,6 +33,7 @@ from pipeline.supervisor import WorkerClient, WorkerDied
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_MAX_S = 30.0
+RETENTION_EVERY_S = 60.0
 
 
 class Pipeline:
@@ -61,6 +62,7 @@ class Pipeline:
         self._per_source: dict[int, int] = {}  # frames in flight by source id
         self._live_inflight = settings.pipeline.live_inflight
         self._threads: list[threading.Thread] = []
+        self._next_retention = 0.0
 
     # start-up ------------------------------------------------------------------------------------------
     def open(self, routes: dict | None = None, streams: dict | None = None, access=None) -> None:
@@ -180,6 +182,10 @@ class Pipeline:
         for reader in list(self.readers.values()):
             self.metrics.queue_depth.labels(reader.name).set(len(reader.queue))
         self._reap()
+        sinks = self.settings.sinks
+        if (sinks.retention_days or sinks.max_disk_gb) and time.monotonic() >= self._next_retention:
+            self._next_retention = time.monotonic() + RETENTION_EVERY_S
+            retention.enforce(self.out_dir, sinks.retention_days, sinks.max_disk_gb)
 
     def run(self, progress: Progress | None = None, drain_timeout_s: float = 10.0, tick=None) -> None:
         """Block until every source has ended (or stop was requested) and everything is written."""

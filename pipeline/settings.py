@@ -159,6 +159,14 @@ class VideoSinkSettings(Strict):
 
 class EventsSinkSettings(Strict):
     enabled: bool = True
+    segment_s: float = Field(600.0, ge=0, le=86400, description="Start a new JSONL file every N seconds; 0: one")
+
+    @field_validator("segment_s")
+    @classmethod
+    def _segment(cls, v: float) -> float:
+        if 0 < v < 1:
+            raise ValueError("use 0 (one file) or at least 1 second")
+        return v
 
 
 class OverlaySettings(Strict):
@@ -182,6 +190,8 @@ class SinkSettings(Strict):
     events: EventsSinkSettings = EventsSinkSettings()
     overlay: OverlaySettings = OverlaySettings()
     privacy: PrivacySettings = PrivacySettings()
+    retention_days: float = Field(0.0, ge=0, description="Delete finalised outputs older than this; 0: keep")
+    max_disk_gb: float = Field(0.0, ge=0, description="Delete the oldest finalised outputs beyond this; 0: no cap")
     progress: Literal["auto", "bar", "log", "off"] = "auto"
     log_interval_s: float = Field(10.0, gt=0, description="Seconds between progress log lines")
 

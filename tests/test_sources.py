@@ -98,12 +98,16 @@ def test_run_when_video_is_segmented_writes_playable_files_that_add_up(carphone,
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"sources:\n  - {{name: car, uri: '{carphone}', realtime: true, speed: 2, loop: true, "
                    "max_frames: 150}\n"
-                   f"sinks: {{output_dir: '{tmp_path / 'out'}', video: {{segment_s: 1}}}}\n"
+                   f"sinks: {{output_dir: '{tmp_path / 'out'}', video: {{segment_s: 1}}, events: {{segment_s: 1}}}}\n"
                    "metrics: {enabled: false}\npipeline: {drop_policy: block}\n")
     run_perceptd("run", "-c", str(cfg), cache_dir=cache_dir, check=True)
     from tests.conftest import count_video_frames
 
     files = sorted((tmp_path / "out").glob("car*.mp4"))
+    logs = sorted((tmp_path / "out").glob("car*.jsonl"))
     assert (tmp_path / "out" / "car.mp4") in files and len(files) >= 2, files  # 2.5 s of frames, 1 s files
-    assert sum(count_video_frames(f) for f in files) == len(read_jsonl(tmp_path / "out" / "car.jsonl")) == 150
+    assert (tmp_path / "out" / "car.jsonl") in logs and len(logs) >= 2, logs
+    records = [r for f in logs for r in read_jsonl(f)]
+    assert sorted(r["frame"] for r in records) == list(range(150))
+    assert sum(count_video_frames(f) for f in files) == 150
     assert not list((tmp_path / "out").glob(".*partial*"))

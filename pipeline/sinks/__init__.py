@@ -40,7 +40,8 @@ class SourceOutput:
         stem = stem or name
         self.video = (VideoFileSink(output_dir / f"{stem}{settings.video.extension}", settings.video.fourcc, fps,
                                     settings.video.segment_s) if settings.video.enabled else None)
-        self.events = EventsSink(output_dir / f"{stem}.jsonl") if settings.events.enabled else None
+        self.events = (EventsSink(output_dir / f"{stem}.jsonl", settings.events.segment_s)
+                       if settings.events.enabled else None)
         self.preview = preview
         self._mask_labels = frozenset(settings.privacy.labels)
         # Landmarks would redraw the geometry of a masked face: not with masking on.

@@ -46,33 +46,53 @@ class _AtomicFile:
             os.replace(self.partial, self.final)
 
 
-class VideoFileSink(_AtomicFile):
-    """Annotated frames into a video container; opened at the first frame (its size is known then).
+class _Segmented(_AtomicFile):
+    """An output cut into files of `segment_s` seconds: `<stem><ext>`, then `<stem>.<date>-<time><ext>`.
 
-    With `segment_s` the video is cut into files of that length: `<stem>.mp4`, then
-    `<stem>.<date>-<time>.mp4` for each later segment. A muxer keeps every frame's index entry in memory
-    until the file is closed, so one endless file would grow the daemon by ~0.1 KB per frame for months;
-    segments also give operators files they can open while the daemon runs.
+    Each file is finalised (renamed into place) as it closes, so operators can open it while the daemon
+    runs and retention can delete old ones; for video it also bounds memory, since a muxer keeps every
+    frame's index entry until its file is closed (~0.1 KB a frame, for months otherwise).
     """
 
-    def __init__(self, final: Path, fourcc: str, fps: Callable[[], float], segment_s: float = 0.0):
+    def __init__(self, final: Path, segment_s: float):
         super().__init__(final)
         self._first = Path(final)
-        self.fourcc = fourcc
-        self._fps = fps
         self._segment_ns = int(segment_s * 1e9)
         self._opened_ns = 0
+        self.files: list[Path] = []  # finalised so far
+
+    def _is_open(self) -> bool:
+        raise NotImplementedError
+
+    def _rotate_if_due(self) -> None:
+        if self._is_open() and self._segment_ns and time.monotonic_ns() - self._opened_ns >= self._segment_ns:
+            self.close()
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            _AtomicFile.__init__(self, self._first.with_name(f"{self._first.stem}.{stamp}{self._first.suffix}"))
+
+    def _finalised(self, what: str) -> None:
+        self.commit()
+        self.files.append(self.final)
+        log.info("wrote %s (%s)", self.final, what)
+
+
+class VideoFileSink(_Segmented):
+    """Annotated frames into a video container; opened at the first frame (its size is known then)."""
+
+    def __init__(self, final: Path, fourcc: str, fps: Callable[[], float], segment_s: float = 0.0):
+        super().__init__(final, segment_s)
+        self.fourcc = fourcc
+        self._fps = fps
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
         self.frames = 0  # in the current file
-        self.files: list[Path] = []  # finalised so far
+
+    def _is_open(self) -> bool:
+        return self._writer is not None
 
     def write(self, image: np.ndarray) -> None:
         h, w = image.shape[:2]
-        if self._writer is not None and self._segment_ns and time.monotonic_ns() - self._opened_ns >= self._segment_ns:
-            self.close()
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            super().__init__(self._first.with_name(f"{self._first.stem}.{stamp}{self._first.suffix}"))
+        self._rotate_if_due()
         if self._writer is None:
             self._size = self._size or (w, h)  # segments keep the first size: players expect one
             fps = self._fps() or 25.0  # streams that do not say play back at a common camera rate
@@ -92,29 +112,32 @@ class VideoFileSink(_AtomicFile):
         if self._writer is not None:
             self._writer.release()  # writes the index (moov atom): the file is playable from here on
             self._writer = None
-            self.commit()
-            self.files.append(self.final)
-            log.info("wrote %s (%d frames)", self.final, self.frames)
+            self._finalised(f"{self.frames} frames")
 
 
-class EventsSink(_AtomicFile):
+class EventsSink(_Segmented):
     """One JSON object per processed frame, one line each, flushed per line (tail -f friendly)."""
 
-    def __init__(self, final: Path):
-        super().__init__(final)
+    def __init__(self, final: Path, segment_s: float = 0.0):
+        super().__init__(final, segment_s)
         self._f = None  # opened at the first frame: a source that never delivers replaces nothing
-        self.lines = 0
+        self.lines = 0  # in the current file
+
+    def _is_open(self) -> bool:
+        return self._f is not None and not self._f.closed
 
     def write(self, record: dict) -> None:
-        if self._f is None:
+        self._rotate_if_due()
+        if not self._is_open():
             self._f = open(self.partial, "w", encoding="utf-8", buffering=1)
+            self._opened_ns = time.monotonic_ns()
+            self.lines = 0
         self._f.write(json.dumps(record, separators=(",", ":")) + "\n")
         self.lines += 1
 
     def close(self) -> None:
-        if self._f is not None and not self._f.closed:
+        if self._is_open():
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
-            self.commit()
-            log.info("wrote %s (%d lines)", self.final, self.lines)
+            self._finalised(f"{self.lines} lines")

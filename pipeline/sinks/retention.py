@@ -1,0 +1,49 @@
+"""Output retention: finalised videos and event logs older than a limit, or beyond a disk budget, are
+deleted oldest first, so a daemon that runs for months never fills its disk."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+OUTPUT_SUFFIXES = (".mp4", ".avi", ".mkv", ".jsonl")
+
+
+def enforce(directory: Path, max_age_days: float, max_gb: float, now: float | None = None) -> list[Path]:
+    """Delete finalised outputs in `directory` past either limit (0 = no limit); returns what was deleted.
+
+    Files being written are `.<name>.partial.*` (dot files) and are never touched; nor is anything that
+    is not a perceptd output.
+    """
+    if max_age_days <= 0 and max_gb <= 0:
+        return []
+    now = time.time() if now is None else now
+    files = []
+    for p in Path(directory).iterdir():
+        if p.name.startswith(".") or p.suffix not in OUTPUT_SUFFIXES or not p.is_file():
+            continue
+        st = p.stat()
+        files.append((st.st_mtime, st.st_size, p))
+    files.sort()  # oldest first
+    deleted: list[Path] = []
+    total = sum(size for _, size, _ in files)
+    budget = max_gb * 1e9
+    for mtime, size, p in files:
+        too_old = max_age_days > 0 and now - mtime > max_age_days * 86400
+        too_big = max_gb > 0 and total > budget
+        if not (too_old or too_big):
+            continue
+        try:
+            p.unlink()
+        except OSError as exc:
+            log.warning("retention: cannot delete %s (%s)", p, exc)
+            continue
+        total -= size
+        deleted.append(p)
+    if deleted:
+        log.info("retention: deleted %d old output file(s) from %s, %.2f GB left", len(deleted), directory,
+                 total / 1e9)
+    return deleted
