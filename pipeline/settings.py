@@ -11,9 +11,9 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import ConfigError
 from pipeline.redact import redact_text
@@ -142,31 +142,26 @@ class PipelineSettings(Strict):
     reconnect_max_attempts: int = Field(0, ge=0, description="Give a source up after N failed reopenings; 0 = never")
 
 
+def _segment_length(v: float) -> float:
+    if 0 < v < 1:  # segment names carry the second they start: shorter segments would collide
+        raise ValueError("use 0 (one file) or at least 1 second")
+    return v
+
+
+SegmentSeconds = Annotated[float, Field(ge=0, le=86400), AfterValidator(_segment_length)]
+
+
 class VideoSinkSettings(Strict):
     enabled: bool = True
     fourcc: str = Field("mp4v", min_length=4, max_length=4, description="OpenCV FourCC code")
     extension: Literal[".mp4", ".avi", ".mkv"] = ".mp4"
-    segment_s: float = Field(600.0, ge=0, le=86400, description="Start a new file every N seconds (each one "
-                             "finalised and playable); 0: one file per run")
-
-    @field_validator("segment_s")
-    @classmethod
-    def _segment(cls, v: float) -> float:
-        if 0 < v < 1:
-            raise ValueError("use 0 (one file) or at least 1 second")
-        return v
+    segment_s: SegmentSeconds = Field(600.0, description="Start a new file every N seconds (each one finalised "
+                                      "and playable); 0: one file per run")
 
 
 class EventsSinkSettings(Strict):
     enabled: bool = True
-    segment_s: float = Field(600.0, ge=0, le=86400, description="Start a new JSONL file every N seconds; 0: one")
-
-    @field_validator("segment_s")
-    @classmethod
-    def _segment(cls, v: float) -> float:
-        if 0 < v < 1:
-            raise ValueError("use 0 (one file) or at least 1 second")
-        return v
+    segment_s: SegmentSeconds = Field(600.0, description="Start a new JSONL file every N seconds; 0: one")
 
 
 class OverlaySettings(Strict):
