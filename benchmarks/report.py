@@ -144,7 +144,7 @@ def markdown(doc: dict) -> str:
     tg = doc.get("targets", {})
     if tg:
         lines += ["", "## Targets", "", "| target | wanted | measured | met | by |", "|---|---:|---:|---|---:|"]
-        for name, t in tg.items():
+        for t in tg.values():
             lines.append(f"| {t['what']} | {_f(t['target'], 2)} | {_f(t['measured'], 2)} | "
                          f"{'met' if t['met'] else '**missed**'} | {t['margin']:+.2f} |")
     return "\n".join(lines) + "\n"

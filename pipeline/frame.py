@@ -58,7 +58,6 @@ class WorkItem:
     height: int
     width: int
     t_capture_ns: int
-    t_dispatch_ns: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,6 @@ class Progress:
         self.mode = {"auto": "bar" if tty else "log"}.get(mode, mode)
         self.interval_s = interval_s if self.mode == "log" else 0.5
         self._last = time.monotonic()
-        self._t0 = time.monotonic()
 
     def update(self, pipeline, force: bool = False) -> None:
         if self.mode == "off":

@@ -290,17 +290,12 @@ class Pipeline:
         for t in self._threads:
             t.join(5)
         with self._cond:
-            leftovers = list(self._inflight.values())
-            self._inflight.clear()
-            self._per_source.clear()
+            leftovers = self._clear_inflight()
             for reader in readers:
-                leftovers.extend(reader.queue.drain())
-        by_name = {r.name: r for r in readers}
+                leftovers.extend((reader, frame) for frame in reader.queue.drain())
         for reader in readers:
             self.metrics.queue_depth.labels(reader.name).set(0)
-        for frame in leftovers:
-            self.metrics.frames_dropped.labels(frame.source, "shutdown").inc()
-            by_name[frame.source].release(frame)
+        self._drop(leftovers, "shutdown")
         if self.worker is not None:
             self.worker.stop()
             self.metrics.worker_up.set(0)
@@ -353,10 +348,9 @@ class Pipeline:
                 turn = (turn + 1) % max(n, 1)
                 self._cond.notify_all()  # blocked file readers: there is queue space now
                 worker = self.worker
-            now = time.monotonic_ns()
             try:
                 worker.submit([WorkItem(reader.id, f.index, f.pool, f.slot, reader.pool_offset(f), f.height,
-                                        f.width, f.t_capture_ns, now) for reader, f in batch])
+                                        f.width, f.t_capture_ns) for reader, f in batch])
             except (ValueError, OSError):
                 pass  # the worker died meanwhile: _restart counts these frames as lost
 
@@ -369,6 +363,19 @@ class Pipeline:
         if frame is not None:
             self._per_source[key[0]] -= 1
         return frame
+
+    def _clear_inflight(self) -> list[tuple[SourceReader, Frame]]:
+        """Empty the in-flight books, returning each frame with its reader (caller holds the condition).
+        By source id, not name: after a reload a retiring and a new source may share a name."""
+        taken = [(self.readers[sid], frame) for (sid, _), frame in self._inflight.items()]
+        self._inflight.clear()
+        self._per_source.clear()
+        return taken
+
+    def _drop(self, frames: list[tuple[SourceReader, Frame]], reason: str) -> None:
+        for reader, frame in frames:
+            self.metrics.frames_dropped.labels(reader.name, reason).inc()
+            reader.release(frame)
 
     def _collect(self) -> None:
         """Hand the worker's results to the sinks in order; restart the worker when it dies."""
@@ -411,17 +418,12 @@ class Pipeline:
     def _restart(self, why: str, delay: float) -> None:
         with self._cond:
             self._worker_ready = False
-            lost = list(self._inflight.values())
-            self._inflight.clear()
-            self._per_source.clear()
+            lost = self._clear_inflight()
             self._cond.notify_all()
         log.error("%s; %d frame(s) in flight lost; restarting it in %.1f s", why, len(lost), delay)
         self.metrics.worker_restarts.inc()
         self.metrics.worker_up.set(0)
-        by_name = {r.name: r for r in list(self.readers.values())}
-        for frame in lost:
-            self.metrics.frames_dropped.labels(frame.source, "worker_restart").inc()
-            by_name[frame.source].release(frame)
+        self._drop(lost, "worker_restart")
         self.worker.kill()
         if self._abort.wait(delay):
             return

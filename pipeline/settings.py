@@ -19,7 +19,6 @@ from pipeline.errors import ConfigError
 from pipeline.redact import redact_text
 from pipeline.yamlpos import line_for, load_yaml_with_lines
 
-SOURCE_KINDS = ("auto", "file", "camera", "network", "gstreamer")
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 

@@ -29,7 +29,6 @@ class WorkerClient:
         self._proc: mp.Process | None = None
         self._inq: mp.Queue | None = None
         self._outq: mp.Queue | None = None
-        self.generation = 0
 
     def start(self, timeout_s: float) -> dict:
         """Spawn the worker and wait until its engine is loaded. UserError for a bad model."""
@@ -38,7 +37,6 @@ class WorkerClient:
         self._proc = _CTX.Process(target=worker_main, args=(self.spec, self._inq, self._outq),
                                   name="perceptd-worker", daemon=True)
         self._proc.start()
-        self.generation += 1
         deadline = time.monotonic() + timeout_s
         while True:
             try:

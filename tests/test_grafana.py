@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 
@@ -98,7 +97,7 @@ def test_dashboard_when_a_real_prometheus_scrapes_perceptd_every_expression_retu
             elif not answer["data"]["result"] and not any(g in expr for g in GPU_METRICS):
                 problems.append(f"{title}: {expr!r} returned no data")
         for rule in ("source:perceptd_end_to_end_latency_seconds:p99", "source:perceptd_frames_processed:rate1m"):
-            wait_for(lambda: query(prom_port, rule)["data"]["result"], 30, f"recording rule {rule}", prom)
+            wait_for(lambda rule=rule: query(prom_port, rule)["data"]["result"], 30, f"recording rule {rule}", prom)
         assert not problems, "\n".join(problems)
         fps = query(prom_port, concrete(dashboard_exprs()[0][1]))["data"]["result"]
         assert {r["metric"]["source"] for r in fps} == {"car", "astro"}

@@ -4,7 +4,6 @@ and never wait for a stalled viewer, and token access."""
 from __future__ import annotations
 
 import base64
-import io
 import shutil
 import socket
 import time
@@ -31,7 +30,7 @@ def running(carphone, astronaut_clip, tmp_path, cache_dir):
         proc = start(cfg, cache_dir, tmp_path / "log.txt")
         launched.append(proc)
         for n in names:
-            wait_for(lambda: scrape(port).get(f'perceptd_frames_processed_total{{source="{n}"}}', 0) > 5, 60,
+            wait_for(lambda n=n: scrape(port).get(f'perceptd_frames_processed_total{{source="{n}"}}', 0) > 5, 60,
                      "frames", proc)
         return port
 

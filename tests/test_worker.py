@@ -31,7 +31,7 @@ def put_photo(pool: SlotPool, name: str, sid: int, index: int) -> WorkItem:
     slot = pool.acquire(0)
     pool.view(slot, image.shape)[:] = image
     return WorkItem(sid, index, pool.name, slot, pool.offset(slot), image.shape[0], image.shape[1],
-                    time.monotonic_ns(), time.monotonic_ns())
+                    time.monotonic_ns())
 
 
 def collect(worker: WorkerClient, n: int, timeout: float = 60) -> list:

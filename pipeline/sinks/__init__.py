@@ -109,8 +109,10 @@ class SourceOutput:
             if self._mask_labels:  # before drawing: boxes and labels stay visible over the masked region
                 p = self.settings.privacy
                 mask_regions(frame.image, r.detections, self._mask_labels, p.mode, p.padding)
-            fps, e2e_ms = self.stats()
-            banner = f"{self.name}  {fps:5.1f} fps  {e2e_ms:5.0f} ms" if self.settings.overlay.banner else ""
+            banner = ""
+            if self.settings.overlay.banner:
+                fps, e2e_ms = self.stats()
+                banner = f"{self.name}  {fps:5.1f} fps  {e2e_ms:5.0f} ms"
             draw(frame.image, r.detections, self._overlay, banner)
             if self.video is not None:
                 self.video.write(frame.image)

@@ -27,7 +27,6 @@ class Preview:
         self._seq = 0
         self._viewers = 0
         self._last = 0.0
-        self.encoded = 0
 
     @property
     def viewers(self) -> int:
@@ -48,7 +47,6 @@ class Preview:
         with self._cond:
             self._jpeg = buf.tobytes()
             self._seq += 1
-            self.encoded += 1
             self._cond.notify_all()
         if self._frames_counter is not None:
             self._frames_counter.inc()
