@@ -189,6 +189,11 @@ class SinkSettings(Strict):
     progress: Literal["auto", "bar", "log", "off"] = "auto"
     log_interval_s: float = Field(10.0, gt=0, description="Seconds between progress log lines")
 
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _unquoted_off(cls, v):
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
+
 
 class MetricsSettings(Strict):
     enabled: bool = True

@@ -115,6 +115,33 @@ def test_yolo_preprocess_when_blue_image_then_rgb_scaled_with_grey_pad():
     np.testing.assert_allclose(out[:, :80], 114 / 255, rtol=1e-6)
 
 
+@pytest.mark.parametrize("src_hw", [(720, 1280), (144, 176), (500, 200), (240, 320)])
+@pytest.mark.parametrize("family", ["yolo", "retinaface"])
+def test_preprocess_when_any_source_size_then_same_input_as_letterbox_canvas(family, src_hw):
+    """The adapters write the input straight from the resized frame (no padded canvas); the values must be
+    exactly those of letterboxing onto a canvas and converting it, padding included."""
+    from engines.adapters.retinaface import MEAN_BGR, RetinaFaceAdapter
+    from engines.adapters.yolo import PAD_VALUE
+
+    rng = np.random.default_rng(sum(src_hw))
+    image = rng.integers(0, 256, (*src_hw, 3), dtype=np.uint8)
+    hw = (384, 640)
+    if family == "yolo":
+        adapter = YoloAdapter(hw, [], AdapterParams())
+        canvas, want_fit = letterbox(image, hw, PAD_VALUE, center=True)
+        want = canvas[..., ::-1].transpose(2, 0, 1).astype(np.float32) / 255
+    else:
+        adapter = RetinaFaceAdapter(hw, None, AdapterParams())
+        canvas, want_fit = letterbox(image, hw, tuple(int(v) for v in MEAN_BGR), center=False)
+        want = canvas.transpose(2, 0, 1).astype(np.float32) - MEAN_BGR[:, None, None]
+    out = np.full((3, *hw), np.nan, dtype=np.float32)  # stale values must all be overwritten
+    for _ in range(2):  # the second frame reuses the adapter's resize buffer
+        fit = adapter.preprocess(image, out)
+        assert fit == want_fit
+        np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+        out[:] = np.nan
+
+
 def test_yolo_v8_when_boxes_overlap_then_classwise_nms_and_confidence(tmp_path):
     labels = labels_file(tmp_path, ["person", "car"])
     rows = [(100, 180, 300, 380, 0, 0.9),  # kept

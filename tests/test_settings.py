@@ -435,3 +435,15 @@ def test_load_settings_when_error_quotes_a_uri_its_password_is_redacted(tmp_path
     assert msg.startswith(f"{path}:1: sources:")
     assert "rtsp://admin:***@cam/live" in msg
     assert "s3" not in msg and "cret" not in msg
+
+
+def test_progress_when_bare_yaml_off_then_read_as_off(tmp_path):
+    """The documented value `off` is a boolean to YAML 1.1; an operator writing it as documented must not
+    get an error."""
+    path = write(tmp_path, """
+        sources: [sample:carphone]
+        sinks:
+          progress: off
+        """)
+    assert load_settings(path).sinks.progress == "off"
+    assert "sinks.progress" in config_error(write(tmp_path, "sources: [a.mp4]\nsinks:\n  progress: true\n", "bad.yaml"))

