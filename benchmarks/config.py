@@ -55,7 +55,7 @@ class BenchConfig:
     device: str = "auto"  # engine.device: auto, cpu or cuda
     precision: str = "fp32"
     batch: int = 4  # engine.max_batch: the largest batch the worker forms
-    threads: int = 0  # engine.threads; 0 = the runtime's default
+    threads: int = 0  # engine.threads; 0 = auto (engines.base.cpu_threads)
     input_size: tuple[int, int] | None = None  # None: the model's default for the clip
     duration_s: float = 20.0  # timed part of each run
     warmup_s: float = 3.0  # run, untimed, before each timed part

@@ -98,7 +98,9 @@ def markdown(doc: dict) -> str:
         f"model {s['model']}" + (f" input {size[0]}x{size[1]} (HxW)" if size else "") + "; "
         f"engine {eng.get('backend', s['backend'])} on {eng.get('device', s['device'])} "
         f"{eng.get('precision', s['precision'])}, max batch {eng.get('max_batch', s['batch'])}, "
-        f"threads {s['threads'] or 'default'}" + (f"; settings {s['set']}" if s.get("set") else ""),
+        f"threads {eng.get('threads') or s['threads'] or 'auto'}"
+        + (f" (plain loop {res['plain_engine']['threads']})" if res.get("plain_engine", {}).get("threads") else "")
+        + (f"; settings {s['set']}" if s.get("set") else ""),
         f"- Each measurement: {s['warmup_s']:g} s warm-up, {s['duration_s']:g} s timed, {s['repeats']} repeat(s); "
         f"median (min–max over repeats){'; QUICK MODE: indicative only' if s.get('quick') else ''}", "",
         "## Throughput", "", "| configuration | fps (median) | min–max | notes |", "|---|---:|---:|---|",

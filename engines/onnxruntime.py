@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import Engine, EngineError, EngineOptions, TensorInfo
+from engines.base import Engine, EngineError, EngineOptions, TensorInfo, cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ class OnnxRuntimeEngine(Engine):
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if options.threads > 0:
-            so.intra_op_num_threads = options.threads
+        self.threads = cpu_threads(options.threads)
+        so.intra_op_num_threads = self.threads
         # Inter-op parallelism only helps graphs with parallel branches; one thread keeps the worker
         # from competing with decode and encode threads on small machines.
         so.inter_op_num_threads = 1
@@ -54,7 +54,7 @@ class OnnxRuntimeEngine(Engine):
             raise EngineError(f"{self.model_path} has {len(self._inputs)} inputs; perceptd runs single-input image models")
         self._input_name = self._inputs[0].name
         log.info("onnxruntime %s: %s providers=%s threads=%s", ort.__version__, self.model_path.name,
-                 ",".join(self.providers), options.threads or "default")
+                 ",".join(self.providers), f"{self.threads}{'' if options.threads else ' (auto)'}")
 
     @property
     def device(self) -> str:

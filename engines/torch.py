@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.base import Engine, EngineError, EngineOptions, TensorInfo
+from engines.base import Engine, EngineError, EngineOptions, TensorInfo, cpu_threads
 from engines.zoo import TORCH_KIND_PROBLEMS, read_sidecar, torch_file_kind
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,8 @@ class TorchEngine(Engine):
         self._half = self._device.type == "cuda"
         if options.precision == "fp16" and not self._half:
             log.warning("torch backend on CPU runs fp32 (CPU fp16 convolutions are slower, not faster)")
-        if options.threads > 0:
-            torch.set_num_threads(options.threads)  # the worker is its own process: process-wide is fine
+        self.threads = cpu_threads(options.threads)
+        torch.set_num_threads(self.threads)  # the worker is its own process: process-wide is fine
         if self._half:
             torch.backends.cudnn.benchmark = True  # the pipeline's input size is fixed: tune kernels once
         self.model_path = _runnable_path(self.model_path)

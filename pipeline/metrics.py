@@ -26,12 +26,16 @@ class Metrics:
             "perceptd_stage_latency_seconds", "Time a frame spent in each pipeline stage",
             ["source", "stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.end_to_end_latency = Histogram(
-            "perceptd_end_to_end_latency_seconds", "From capture start to the sink having written the frame",
+            "perceptd_end_to_end_latency_seconds",
+            "From capture start to the frame's results published (events written, overlay drawn for the live view)",
             ["source"], buckets=LATENCY_BUCKETS, registry=r)
+        self.record_latency = Histogram(
+            "perceptd_record_seconds", "Encoding and writing one frame to the video file (after its results are "
+            "published, in the source's own recorder thread)", ["source"], buckets=LATENCY_BUCKETS, registry=r)
         self.frames_captured = Counter(
             "perceptd_frames_captured_total", "Frames decoded from the source", ["source"], registry=r)
         self.frames_processed = Counter(
-            "perceptd_frames_processed_total", "Frames through inference and written by the sinks",
+            "perceptd_frames_processed_total", "Frames through inference with their results published",
             ["source"], registry=r)
         self.frames_dropped = Counter(
             "perceptd_frames_dropped_total", "Frames decoded but not processed, by reason",

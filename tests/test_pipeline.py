@@ -65,6 +65,9 @@ def test_run_when_given_the_carphone_clip_processes_every_frame_once(carphone, t
         for stage in ("capture", "queue", "preprocess", "inference", "postprocess", "sink"):
             assert metrics[f'perceptd_stage_latency_seconds_count{{source="car",stage="{stage}"}}'] == 120, stage
         assert metrics['perceptd_frames_captured_total{source="car"}'] == 120
+        # The recorder writes each frame after its results are published: all 120, shortly after.
+        wait_for(lambda: scrape(port).get('perceptd_record_seconds_count{source="car"}') == 120, 30,
+                 "120 recorded frames", proc)
         assert sum(v for k, v in metrics.items() if k.startswith("perceptd_frames_dropped_total")) == 0
         # Batching: every frame went through exactly one engine call, and a file source that is ahead
         # of the worker fills batches (fewer calls than frames).

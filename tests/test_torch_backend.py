@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from engines.base import EngineError, EngineOptions, available_backends, create_engine
+from engines.base import EngineError, EngineOptions, available_backends, cpu_threads, create_engine
 from engines.export import export_model
 from engines.zoo import resolve_model
 from pipeline.errors import ModelError
@@ -56,7 +56,8 @@ def test_torch_engine_when_exported_torchscript_then_matches_eager_and_reads_sid
         assert engine.inputs[0].shape == (None, 3, 64, 64)  # from m.pt.json
         assert engine.outputs[0].shape == (None, 2) and engine.outputs[0].name == "output"
         assert engine.max_batch == 4
-        assert engine.describe() == {"backend": "torch", "precision": "fp32", "device": "cpu", "max_batch": 4}
+        assert engine.describe() == {"backend": "torch", "precision": "fp32", "device": "cpu", "max_batch": 4,
+                                     "threads": cpu_threads(0)}
         x = _batch(3)
         (out,) = engine.infer(x)
     with torch.inference_mode():

@@ -1,4 +1,5 @@
-"""Per-source output: one thread draws, writes the video and the events, observes latency, frees the slot."""
+"""Per-source output: one thread draws, publishes the results (events, live view, metrics) and observes the
+latency; the source's recorder thread then encodes the drawn frame into the video and frees the slot."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pipeline.sinks.files import EventsSink, VideoFileSink
 from pipeline.sinks.overlay import draw
 from pipeline.sinks.preview import Preview
 from pipeline.sinks.privacy import mask_regions
+from pipeline.sinks.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class SourceOutput:
         stem = stem or name
         self.video = (VideoFileSink(output_dir / f"{stem}{settings.video.extension}", settings.video.fourcc, fps,
                                     settings.video.segment_s) if settings.video.enabled else None)
+        self.recorder = (Recorder(name, self.video, release, metrics.record_latency.labels(name).observe)
+                         if self.video is not None else None)
         self.events = (EventsSink(output_dir / f"{stem}.jsonl", settings.events.segment_s)
                        if settings.events.enabled else None)
         self.preview = preview
@@ -51,24 +55,30 @@ class SourceOutput:
         self.first_done_ns = 0
         self.last_done_ns = 0
         self._recent: deque[tuple[int, float]] = deque(maxlen=120)  # (t_done_ns, e2e seconds) for the banner
-        self.error: BaseException | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error or (self.recorder.error if self.recorder is not None else None)
 
     def start(self) -> None:
+        if self.recorder is not None:
+            self.recorder.start()
         self._thread.start()
 
     def put(self, frame: Frame, result: WorkResult) -> None:
         self._q.put((frame, result))
 
-    def close(self, timeout: float | None = None) -> None:
-        """Write what is queued, then finalise the files (the video becomes playable)."""
+    def close(self) -> None:
+        """Publish what is queued, record it, then finalise the files (the video becomes playable)."""
         self._q.put(None)
-        self._thread.join(timeout)
-        for sink in (self.video, self.events):
-            if sink is not None:
+        self._thread.join()
+        for closer, what in ((self.recorder, self.video), (self.events, self.events)):
+            if closer is not None:
                 try:
-                    sink.close()
+                    closer.close()
                 except Exception:
-                    log.exception("source '%s': finalising %s failed", self.name, getattr(sink, "final", sink))
+                    log.exception("source '%s': finalising %s failed", self.name, what.final)
 
     def stats(self) -> tuple[float, float]:
         """(fps, mean end-to-end ms) over the recent window."""
@@ -88,12 +98,15 @@ class SourceOutput:
             try:
                 self._write(frame, result)
             except BaseException as exc:  # the runner sees .error and stops with exit 1
-                self.error = exc
+                self._error = exc
                 log.exception("source '%s': sink failed", self.name)
                 self._release(frame)
                 self._drain_rest()
                 return
-            self._release(frame)
+            if self.recorder is not None:
+                self.recorder.put(frame)  # it frees the slot once the frame is in the video
+            else:
+                self._release(frame)
 
     def _drain_rest(self) -> None:
         while True:
@@ -114,11 +127,9 @@ class SourceOutput:
                 fps, e2e_ms = self.stats()
                 banner = f"{self.name}  {fps:5.1f} fps  {e2e_ms:5.0f} ms"
             draw(frame.image, r.detections, self._overlay, banner)
-            if self.video is not None:
-                self.video.write(frame.image)
             if to_preview:
                 self.preview.publish(frame.image)
-        t_done = time.monotonic_ns()
+        t_done = time.monotonic_ns()  # results published; the video is written after, by the recorder
         stages = {
             "capture": frame.t_decoded_ns - frame.t_capture_ns,
             "queue": r.t_dequeued_ns - frame.t_decoded_ns,
