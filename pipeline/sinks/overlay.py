@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -12,6 +14,7 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _LANDMARK_COLORS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0))
 
 
+@functools.lru_cache(maxsize=1024)  # per detection per frame: a cvtColor call each time showed in profiles
 def color_for(class_id: int) -> tuple[int, int, int]:
     """A stable, well-separated colour per class (golden-ratio hue steps)."""
     hue = int((class_id * 0.618033988749895 % 1.0) * 179)
