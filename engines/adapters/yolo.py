@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 
-import cv2
 import numpy as np
 
 from engines.adapters.base import Adapter, AdapterParams, Letterbox, letterbox_planes, nms
