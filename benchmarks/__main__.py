@@ -13,7 +13,6 @@ through a long run. Writes results.json, results.md and results.png into --out; 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import shlex
@@ -24,7 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks.stats import spread
-from engines.base import usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("decode", "engine", "plain", "pipeline", "live", "sources", "memory")
@@ -49,8 +47,7 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, help=f"runs per measurement (default {FULL['repeats']}, quick 1)")
     ap.add_argument("--sources", default="1,2,4,8", help="source counts for the many-sources runs")
     ap.add_argument("--batch", type=int, default=4, help="engine.max_batch")
-    ap.add_argument("--threads", type=int, default=0, help="engine.threads (0: the pipeline's auto, all cores but one; "
-                    "the plain loop then uses all cores, as a hand-written loop does)")
+    ap.add_argument("--threads", type=int, default=0, help="engine.threads (0: every usable core)")
     ap.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="default: the model's for the clip")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="any other setting for every run, dotted as in the config (pipeline.queue_size=2); repeatable")
@@ -140,14 +137,13 @@ def measure(cfg, sections: set[str], source_counts: list[int], soak_s: float) ->
         finally:
             runner.engine.close()
         if "plain" in sections:
-            # A hand-written loop gets the runtime's own default, every core (it has nothing else to
-            # run alongside); an explicit --threads applies to it as to the pipeline.
-            plain_cfg = cfg if cfg.threads else dataclasses.replace(cfg, threads=usable_cores())
-            plain_runner = m.load_runner(plain_cfg)
+            # Its own engine: ONNX Runtime as a hand-written loop gets it, threads spin-waiting between
+            # operators (they own the machine there); the worker turns that off (engines.base.EngineOptions).
+            plain_runner = m.load_runner(cfg, spin_wait=True)
             try:
                 res["plain_engine"] = m.describe_engine(plain_runner)
                 res["plain_loop"] = repeated("plain loop", r, lambda i: m.plain_loop(
-                    plain_runner, plain_cfg, cfg.scratch / f"plain{i}.mp4"))
+                    plain_runner, cfg, cfg.scratch / f"plain{i}.mp4"))
             finally:
                 plain_runner.engine.close()
     if "pipeline" in sections:

@@ -8,6 +8,7 @@ so the baselines run exactly what the pipeline's worker runs.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import cv2
@@ -62,11 +63,14 @@ def decode_only(cfg: BenchConfig) -> dict:
     return {"fps": n / seconds, "frames": n, "seconds": seconds}
 
 
-def load_runner(cfg: BenchConfig):
-    """The worker's engine + adapter, built in this process from the same WorkerSpec the daemon builds."""
+def load_runner(cfg: BenchConfig, spin_wait: bool = False):
+    """The worker's engine + adapter, built in this process from the same WorkerSpec the daemon builds
+    (`spin_wait`: EngineOptions.spin_wait, for the plain loop)."""
     from pipeline.worker import _Runner
 
     spec, _ = cfg.worker_spec()
+    if spin_wait:
+        spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, spin_wait=True))
     return _Runner(spec)
 
 

@@ -42,7 +42,7 @@ class EngineOptions:
     """Backend-neutral knobs; a backend ignores what it has no use for."""
 
     max_batch: int = 1
-    threads: int = 0  # CPU threads for inference; 0 = auto (cpu_threads)
+    threads: int = 0  # CPU inference threads; 0 = every usable core (cpu_threads)
     precision: str = "fp32"
     device: str = "cpu"
     # (h, w) the model takes, for formats that do not record it (TorchScript) and for ONNX models with a
@@ -50,6 +50,10 @@ class EngineOptions:
     input_hw: tuple[int, int] | None = None
     cache_dir: str | None = None  # built engines (TensorRT); None: the default cache directory
     tensorrt: "TensorRTOptions | None" = None  # engines.build.TensorRTOptions; None: its defaults
+    # ONNX Runtime's threads spin-wait between operators: a little lower latency when they own the machine,
+    # cores taken from decoding and encoding when they share it, as the worker always does. On for the
+    # benchmark's plain loop, which is ONNX Runtime as a hand-written loop gets it.
+    spin_wait: bool = False
 
 
 def usable_cores() -> int:
@@ -61,14 +65,8 @@ def usable_cores() -> int:
 
 
 def cpu_threads(requested: int) -> int:
-    """Inference threads for a CPU runtime: `requested`, or with 0 all usable cores but one.
-
-    The worker shares the machine with the daemon, whose decoding, drawing and encoding need about a core.
-    A runtime that takes every core (ONNX Runtime's default) has its threads preempted by them and waits at
-    its own barriers: on 2 cores, 1 thread gave the pipeline 400 fps against 335 with 2, and a p99 under
-    half-load of 9 ms against 17 (benchmarks/results, carphone).
-    """
-    return requested if requested > 0 else max(1, usable_cores() - 1)
+    """Inference threads for a CPU runtime: `requested`, or with 0 every usable core."""
+    return requested if requested > 0 else usable_cores()
 
 
 class Engine(ABC):

@@ -34,6 +34,7 @@ class OnnxRuntimeEngine(Engine):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.threads = cpu_threads(options.threads)
         so.intra_op_num_threads = self.threads
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin_wait else "0")
         # Inter-op parallelism only helps graphs with parallel branches; one thread keeps the worker
         # from competing with decode and encode threads on small machines.
         so.inter_op_num_threads = 1
@@ -54,7 +55,7 @@ class OnnxRuntimeEngine(Engine):
             raise EngineError(f"{self.model_path} has {len(self._inputs)} inputs; perceptd runs single-input image models")
         self._input_name = self._inputs[0].name
         log.info("onnxruntime %s: %s providers=%s threads=%s", ort.__version__, self.model_path.name,
-                 ",".join(self.providers), f"{self.threads}{'' if options.threads else ' (auto)'}")
+                 ",".join(self.providers), f"{self.threads}{'' if options.threads else ' (all cores)'}")
 
     @property
     def device(self) -> str:

@@ -98,7 +98,7 @@ class EngineSettings(Strict):
     backend: str = Field("onnxruntime", description="Inference backend: onnxruntime, tensorrt, torch, or auto "
                          "(TensorRT on a GPU, else ONNX Runtime CUDA, else torch CUDA, else ONNX Runtime CPU)")
     max_batch: int = Field(4, ge=1, le=64, description="Most frames per inference call, across sources")
-    threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = all cores but one")
+    threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = every usable core")
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when the backend can "
                                                    "use one (onnxruntime-gpu's CUDA provider, torch with CUDA)")

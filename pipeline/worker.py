@@ -173,6 +173,19 @@ class _Runner:
         self.engine.close()
 
 
+# The daemon's decoding, drawing and publishing come before inference when they compete for a core: a
+# starved reader loses camera frames and delays every result, while inference just runs a little later.
+# With this, the runtime can take every core and still leave the daemon what it needs (benchmarks/README).
+WORKER_NICE = 5
+
+
+def _lower_priority() -> None:
+    try:
+        os.nice(WORKER_NICE)
+    except OSError as exc:  # a sandbox that forbids it: run at the daemon's priority
+        log.debug("worker priority unchanged: %s", exc)
+
+
 def worker_main(spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue) -> None:
     """Entry point of the worker process."""
     # Ctrl-C and systemd's SIGTERM reach the whole process group; the parent decides when the worker
@@ -181,6 +194,7 @@ def worker_main(spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
     parent = os.getppid()
+    _lower_priority()
     set_progress_hook(lambda what: outq.put(("progress", what)))
     try:
         runner = _Runner(spec)
