@@ -192,3 +192,22 @@ def test_bench_when_an_option_is_wrong_exits_2_with_one_line(cache_dir):
     proc = run_perceptd("bench", "--clip", "/nonexistent/clip.mp4", "--only", "decode", cache_dir=cache_dir,
                         timeout=60)
     assert proc.returncode == 2 and "/nonexistent/clip.mp4" in proc.stderr
+
+
+def test_gpu_script_when_run_on_a_cpu_reports_each_config_and_keeps_going_past_a_failing_one(tmp_path, cache_dir):
+    """The one-go CUDA script's plumbing, on this CPU machine: torch on cuda fails here and is reported as
+    failed; ONNX Runtime (device auto: the CPU here) still runs, and the summary has its row."""
+    out = tmp_path / "gpu"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--no-gpu-check", "--budget", "400",
+                           "--configs", "torch-cuda-fp16,onnxruntime-retinaface", "--out", str(out)],
+                          cwd=REPO, env=perceptd_env(cache_dir), capture_output=True, text=True, timeout=480)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    configs = summary["configs"]
+    assert configs["onnxruntime-retinaface"]["status"] == "ok"
+    assert configs["torch-cuda-fp16"]["status"].startswith(("failed", "skipped"))
+    doc = json.loads((out / "onnxruntime-retinaface" / "results.json").read_text())
+    assert doc["results"]["pipeline"]["fps"]["median"] > 0
+    table = (out / "summary.md").read_text()
+    assert "| onnxruntime-retinaface | onnxruntime cpu fp32 |" in table
+    assert "torch-cuda-fp16: failed" in table or "torch-cuda-fp16: skipped" in table
