@@ -98,8 +98,9 @@ def markdown(doc: dict) -> str:
         f"model {s['model']}" + (f" input {size[0]}x{size[1]} (HxW)" if size else "") + "; "
         f"engine {eng.get('backend', s['backend'])} on {eng.get('device', s['device'])} "
         f"{eng.get('precision', s['precision'])}, max batch {eng.get('max_batch', s['batch'])}, "
-        f"threads {eng.get('threads') or s['threads'] or 'all'} (the worker without spin-waiting, at nice +5; "
-        "the plain loop with ONNX Runtime's default spin-waiting)"
+        f"threads {eng.get('threads') or s['threads'] or 'all'}"
+        + (" (the worker without spin-waiting, the plain loop with ONNX Runtime's default spin-waiting)"
+           if eng.get("backend", s["backend"]) == "onnxruntime" else "")
         + (f"; settings {s['set']}" if s.get("set") else ""),
         f"- Each measurement: {s['warmup_s']:g} s warm-up, {s['duration_s']:g} s timed, {s['repeats']} repeat(s); "
         f"median (min–max over repeats){'; QUICK MODE: indicative only' if s.get('quick') else ''}", "",

@@ -256,19 +256,17 @@ def export_model(model: torch.nn.Module, input_shape, onnx_path: Path, *, torchs
         staged.append((tmp, report.onnx_path, "onnx"))
         _exporting(f"torch.onnx.export (opset {OPSET})", _write_onnx, model, example, tmp, output_names)
         report.diffs["onnxruntime"] = _max_diff(expected, _run_onnx(tmp, x.numpy()))
-        if torchscript is not None:
-            tmp = _atomic_tmp(Path(torchscript))
-            staged.append((tmp, Path(torchscript), "torchscript"))
-            loaded = _exporting("torch.jit.trace", _write_torchscript, model, example, tmp)
+        # The exported program is traced at batch >= 2: torch.export specialises a batch of 1 into a constant.
+        for fmt, target, step, write, traced_on in (
+                ("torchscript", torchscript, "torch.jit.trace", _write_torchscript, example),
+                ("exported_program", exported_program, "torch.export", _write_exported_program, x)):
+            if target is None:
+                continue
+            tmp = _atomic_tmp(Path(target))
+            staged.append((tmp, Path(target), fmt))
+            loaded = _exporting(step, write, model, traced_on, tmp)
             with torch.inference_mode():
-                report.diffs["torchscript"] = _max_diff(expected, _outputs(loaded(x)))
-        if exported_program is not None:
-            tmp = _atomic_tmp(Path(exported_program))
-            staged.append((tmp, Path(exported_program), "exported_program"))
-            # At batch >= 2: torch.export specialises a batch of 1 into a constant.
-            loaded = _exporting("torch.export", _write_exported_program, model, x, tmp)
-            with torch.inference_mode():
-                report.diffs["exported_program"] = _max_diff(expected, _outputs(loaded(x)))
+                report.diffs[fmt] = _max_diff(expected, _outputs(loaded(x)))
         log.info("exported %s in %.1f s; max abs diff %s", source or type(model).__name__,
                  time.perf_counter() - t0, ", ".join(f"{k} {v:.3g}" for k, v in report.diffs.items()))
         if not report.ok:

@@ -26,6 +26,19 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def lower_priority(increment: int, what: str) -> None:
+    """Raise the calling thread's nice value by `increment`; threads it starts afterwards inherit it.
+
+    On Linux a nice value belongs to a thread, so this demotes one thread of a process (the recorder) as
+    well as a whole process when called first thing in it (the worker). Where it is refused (a sandbox),
+    `what` runs at its parent's priority.
+    """
+    try:
+        os.nice(increment)
+    except OSError as exc:
+        log.debug("%s priority unchanged: %s", what, exc)
+
+
 def proc_stats(pid: int) -> tuple[float, int] | None:
     """(cpu seconds, resident bytes) of a process, None when it is gone."""
     try:

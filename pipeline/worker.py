@@ -25,6 +25,7 @@ from engines.adapters.retinaface import input_size_for_sources
 from engines.base import EngineError, EngineOptions, TensorInfo, create_engine, set_progress_hook
 from pipeline.errors import ModelError, UserError
 from pipeline.frame import WorkItem, WorkResult
+from pipeline.resources import lower_priority
 from pipeline.shm import Attachments
 
 log = logging.getLogger(__name__)
@@ -179,13 +180,6 @@ class _Runner:
 WORKER_NICE = 5
 
 
-def _lower_priority() -> None:
-    try:
-        os.nice(WORKER_NICE)
-    except OSError as exc:  # a sandbox that forbids it: run at the daemon's priority
-        log.debug("worker priority unchanged: %s", exc)
-
-
 def worker_main(spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue) -> None:
     """Entry point of the worker process."""
     # Ctrl-C and systemd's SIGTERM reach the whole process group; the parent decides when the worker
@@ -194,7 +188,7 @@ def worker_main(spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
     parent = os.getppid()
-    _lower_priority()
+    lower_priority(WORKER_NICE, "inference worker")
     set_progress_hook(lambda what: outq.put(("progress", what)))
     try:
         runner = _Runner(spec)

@@ -10,28 +10,20 @@ slows a file's reader (or makes a live source drop): it never loses a frame it w
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 from typing import Callable
 
 from pipeline.frame import Frame
+from pipeline.resources import lower_priority
 from pipeline.sinks.files import VideoFileSink
 
 log = logging.getLogger(__name__)
 
 
+# Encoding is not latency-critical: when it collides with decoding or inference for a core, it waits.
 RECORDER_NICE = 10
-
-
-def _lower_priority() -> None:
-    """Encoding is not latency-critical: when it collides with decoding or inference for a core, let it wait.
-    Linux applies a nice value per thread (setpriority on the thread id); elsewhere this is skipped."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), RECORDER_NICE)
-    except (AttributeError, OSError) as exc:  # not Linux, or a sandbox that forbids it
-        log.debug("recorder priority unchanged: %s", exc)
 
 
 class Recorder:
@@ -63,7 +55,7 @@ class Recorder:
         self.video.close()
 
     def _run(self) -> None:
-        _lower_priority()
+        lower_priority(RECORDER_NICE, f"source '{self.name}' recorder")
         while True:
             frame = self._q.get()
             if frame is None:
