@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -68,9 +70,24 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def free_port() -> int:
+    """Only for an address where nothing must listen (a refused connection): servers a test starts bind
+    port 0 and say which port they got (see metrics_port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def metrics_port(log: Path, proc: subprocess.Popen | None = None, timeout: float = 120) -> int:
+    """The port a perceptd started with `metrics.port: 0` bound, read from its log line."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.search(r"metrics on http://[^\s]+:(\d+)/metrics", log.read_text() if log.exists() else "")
+        if m:
+            return int(m.group(1))
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"perceptd exited {proc.returncode} before serving metrics:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"perceptd did not report its metrics port within {timeout:.0f} s")
 
 
 def perceptd_cmd(*args: str) -> list[str]:
