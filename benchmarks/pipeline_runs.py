@@ -19,6 +19,7 @@ from typing import Callable
 
 from benchmarks.config import BenchConfig
 from benchmarks.stats import percentiles, slope, windows
+from pipeline.metrics import DROP_REASONS
 from pipeline.resources import proc_stats
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def run(cfg: BenchConfig, sources: list[dict], tag: str, seconds: float,
     calls = _counter(p, "perceptd_batch_size_frames_count")
     trace.mean_batch = _counter(p, "perceptd_batch_size_frames_sum") / calls if calls else 0.0
     trace.worker_restarts = int(_counter(p, "perceptd_worker_restarts_total"))
-    return trace, (analyse(p, trace, out_dir) if events else {})
+    return trace, (analyse(p, trace) if events else {})
 
 
 def read_events(path: Path) -> list[dict]:
@@ -120,21 +121,22 @@ def _counter(p, name: str, **labels) -> float:
     return p.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def analyse(p, trace: Trace, out_dir: Path) -> dict:
+def analyse(p, trace: Trace) -> dict:
     """Per source: fps, offered rate, drops, and the per-frame latencies of the timed window."""
     a, b = trace.start, trace.end
     span = b.t - a.t
     out = {}
+    files = {o.name: o.events.files for o in p.outputs.values()}  # a run never reuses a name: ask, not guess
     for name in a.read:
         i0, i1 = a.read[name], b.read[name]
-        events = [e for e in read_events(out_dir / f"{name}.jsonl") if i0 <= e["frame"] < i1]
+        events = [e for f in files[name] for e in read_events(f) if i0 <= e["frame"] < i1]
         lat = {s: [e["latency_ms"][s] for e in events] for s in (*STAGES, "total")}
         # Waiting for batch-mates' pre/postprocessing, the result's trip back, the sink's queue: the part
         # of the total no stage names.
         lat["other"] = [e["latency_ms"]["total"] - sum(e["latency_ms"][s] for s in STAGES) for e in events]
         times = [t - a.t for t in trace.capture_times(name, [e["frame"] for e in events])]
         dropped_by = {r: _counter(p, "perceptd_frames_dropped_total", source=name, reason=r)
-                      for r in ("queue_full", "pipeline_full", "worker_restart", "shutdown")}
+                      for r in DROP_REASONS}
         captured = _counter(p, "perceptd_frames_captured_total", source=name)
         processed = _counter(p, "perceptd_frames_processed_total", source=name)
         out[name] = {

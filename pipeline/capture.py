@@ -2,6 +2,11 @@
 
 Live sources never wait for the worker: when their queue is full the oldest waiting frame is dropped,
 so latency stays flat. Files wait instead (nothing dropped) unless they are paced in real time.
+
+A live source whose open or read does not return within its stall bound (a wedged V4L2 driver, an nvargus
+deadlock, a GStreamer pipeline or pipe that stops delivering) is abandoned: its thread cannot be
+interrupted, so it is left blocked, counted as a stuck read, and a new thread with a new capture reopens
+the source with backoff. If the stuck call ever returns, that thread cleans up after itself and ends.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -23,6 +29,8 @@ from pipeline.shm import SlotPool
 from pipeline.sources import VideoSource
 
 log = logging.getLogger(__name__)
+
+STALL_GRACE_S = 2.0  # past a source's own timeouts (FFmpeg's), so that they act first where they exist
 
 
 @dataclass(frozen=True)
@@ -52,14 +60,14 @@ class FrameQueue:
         self._on_drop = on_drop  # called with the dropped frame (outside no lock: it only releases a slot)
         self._changed = changed  # shared with the dispatcher: notified on every put and pop
 
-    def put(self, frame: Frame, stop: threading.Event) -> bool:
+    def put(self, frame: Frame, stop: Callable[[], bool]) -> bool:
         """Queue `frame`; files block while full, live sources evict the oldest. False if stopped first."""
         with self._changed:
             while len(self._items) >= self.maxsize:
                 if self.drop_oldest:
                     self._on_drop(self._items.popleft(), "queue_full")
                     continue
-                if stop.is_set():
+                if stop():
                     return False
                 self._changed.wait(0.1)
             self._items.append(frame)
@@ -89,31 +97,50 @@ class FrameQueue:
 
 
 class SourceReader:
-    """Runs one VideoSource on its own thread until it ends, fails for good, or stop() is called."""
+    """Runs one VideoSource on its own thread until it ends, fails for good, or stop() is called.
 
-    def __init__(self, source_id: int, settings: SourceSettings, source: VideoSource, pool_slots: int,
-                 queue_size: int, drop_policy: str, metrics: Metrics, changed: threading.Condition,
-                 backoff: Backoff = Backoff()):
+    Each thread is a generation: abandoning a stuck one starts the next with a fresh capture (`reopen`),
+    and a thread that is no longer the current generation touches nothing shared but its own slot.
+    """
+
+    def __init__(self, source_id: int, settings: SourceSettings, source: VideoSource, metrics: Metrics,
+                 changed: threading.Condition, reopen: Callable[[], VideoSource] | None = None):
+        """Call configure() before start()."""
         self.id = source_id
         self.settings = settings
         self.name = settings.name
         self.source = source
+        self._reopen = reopen or (lambda: type(source)(source.uri, source.name))
         self.metrics = metrics
         self.live = source.live or settings.realtime
-        drop_oldest = drop_policy == "drop_oldest" or (drop_policy == "auto" and self.live)
-        self.queue = FrameQueue(queue_size, drop_oldest, self._drop, changed)
-        self._pool_slots = pool_slots
+        self.queue = FrameQueue(4, self.live, self._drop, changed)
+        self._pool_slots = 0
         self.pool: SlotPool | None = None
         self._pools: dict[str, SlotPool] = {}  # by shm name: the current pool and retired ones in use
-        self._pools_lock = threading.Lock()  # sinks release from their threads, the reader from its own
+        self._lock = threading.Lock()  # pools (sinks release from their threads) and generations
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
+        self._gen = 0
+        self._thread = threading.Thread(target=self._run, args=(0, source), name=f"source-{self.name}", daemon=True)
+        self._call_since_ns = 0  # the current generation's open/read started then; 0 while outside one
+        self._call_what = ""
+        self.stuck_reads = 0  # abandoned calls still blocked
+        self._abandoned: dict[int, tuple[str, int]] = {}  # generation -> (its stuck call, since when)
         self.finished = threading.Event()  # no more frames will come from this source
         self.frames_read = 0
         self.reconnects = 0
-        self.backoff = backoff
+        self.backoff = Backoff()
         self.state = "connecting"  # connecting | up | down | finished (for /readyz and STATUS=)
         self.error: BaseException | None = None
+
+    def configure(self, settings) -> None:
+        """The daemon's flow settings (Settings), at start and after a reload: queue length and policy, slot
+        count (queued + two batches in flight + a few in the sinks), reconnection backoff. A new slot count
+        takes effect at the next frame, in a new pool; frames in the old one finish normally."""
+        p = settings.pipeline
+        self.queue.maxsize = p.queue_size
+        self.queue.drop_oldest = p.drop_policy == "drop_oldest" or (p.drop_policy == "auto" and self.live)
+        self._pool_slots = p.queue_size + 2 * settings.engine.max_batch + 4
+        self.backoff = Backoff(p.reconnect_initial_s, p.reconnect_max_s, p.reconnect_max_attempts)
 
     # lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -135,31 +162,82 @@ class SourceReader:
             log.warning("source '%s': reader still busy at shutdown; leaving its capture open", self.name)
         else:
             self.source.close()
-        for pool in self._pools.values():
-            pool.close()
-        self._pools.clear()
-        self.pool = None
+        with self._lock:
+            pools, self._pools, self.pool = list(self._pools.values()), {}, None
+        for pool in pools:
+            pool.close()  # a view a stuck thread still holds keeps its mapping alive (SlotPool.close)
+
+    # stalls ------------------------------------------------------------------------------------------
+    def check_stall(self) -> None:
+        """Called periodically (Pipeline.step): abandon a live source's open or read that is overdue."""
+        since = self._call_since_ns
+        if not since or not self.live or self._stop.is_set() or not self.source.live:
+            return
+        s = self.settings
+        bound = s.stall_timeout_s + (s.open_timeout_s if self._call_what == "open" else 0.0) + STALL_GRACE_S
+        waited = (time.monotonic_ns() - since) / 1e9
+        if waited < bound:
+            return
+        with self._lock:
+            if self._call_since_ns != since:  # it returned meanwhile
+                return
+            self._abandoned[self._gen] = (self._call_what, since)
+            self._gen += 1
+            self._call_since_ns = 0
+            self.stuck_reads += 1
+            self.pool = None  # the stuck thread may still write into its slot: the next generation gets a new pool
+            self.source = self._reopen()
+            gen, source = self._gen, self.source
+        self.metrics.source_stuck_reads.labels(self.name).set(self.stuck_reads)
+        self._set_state("down")
+        log.error("source '%s': %s did not return for %.0f s (stall_timeout_s %.0f); left it blocked in the "
+                  "driver (%d stuck) and reopening the source", self.name, self._call_what, waited,
+                  s.stall_timeout_s, self.stuck_reads)
+        self._thread = threading.Thread(target=self._run, args=(gen, source), name=f"source-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _call(self, gen: int, what: str, fn, *args):
+        """An open or read of the source, timed for check_stall."""
+        if gen == self._gen:
+            self._call_what, self._call_since_ns = what, time.monotonic_ns()
+        try:
+            return fn(*args)
+        finally:
+            if gen == self._gen:
+                self._call_since_ns = 0
+
+    def _current(self, gen: int) -> bool:
+        return gen == self._gen
 
     # slots -------------------------------------------------------------------------------------------
     def _ensure_pool(self, h: int, w: int) -> SlotPool:
-        if self.pool is None or not self.pool.fits((h, w, 3)):
-            if self.pool is not None:
-                # In-flight frames still point into the old pool: it is closed when they are all back.
+        with self._lock:
+            old = self.pool
+            if old is not None and old.fits((h, w, 3)) and old.n_slots == self._pool_slots:
+                return old
+            if old is not None and not old.fits((h, w, 3)):
                 log.warning("source '%s': frame size changed to %dx%d; new slot pool", self.name, w, h)
             self.pool = SlotPool(self._pool_slots, h * w * 3, self.name)
-            with self._pools_lock:
-                self._pools[self.pool.name] = self.pool
+            self._pools[self.pool.name] = self.pool
+            # In-flight frames may still point into the old pool: it is closed when the last comes back.
+            close_old = old is not None and old.free == old.n_slots and self._pools.pop(old.name, None)
+        if close_old:
+            old.close()
         return self.pool
 
     def pool_offset(self, frame: Frame) -> int:
         return self._pools[frame.pool].offset(frame.slot)
 
     def release(self, frame: Frame) -> None:
-        with self._pools_lock:
-            pool = self._pools.get(frame.pool)
+        self._release_slot(frame.pool, frame.slot)
+
+    def _release_slot(self, pool_name: str, slot: int) -> None:
+        with self._lock:
+            pool = self._pools.get(pool_name)
             if pool is None:
                 return
-            pool.release(frame.slot)
+            pool.release(slot)
             retired = pool is not self.pool and pool.free == pool.n_slots
             if retired:
                 del self._pools[pool.name]
@@ -171,31 +249,49 @@ class SourceReader:
         self.release(frame)
 
     # the loop ----------------------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, gen: int, source: VideoSource) -> None:
         try:
-            if self.source.info is not None or self._connect(first=True):
-                self._read_loop()
+            if source.info is not None or self._connect(gen, source, first=gen == 0):
+                self._read_loop(gen, source)
         except BaseException as exc:  # reported by the runner; never kill the process from a thread
-            self.error = exc
-            log.exception("source '%s' failed", self.name)
+            if self._current(gen):
+                self.error = exc
+                log.exception("source '%s' failed", self.name)
         finally:
-            self._set_state("finished")
-            self.finished.set()
+            if self._current(gen):
+                self._set_state("finished")
+                self.finished.set()
+            else:
+                self._abandoned_returned(gen, source)
+
+    def _abandoned_returned(self, gen: int, source: VideoSource) -> None:
+        source.close()  # this thread's own capture: nothing else uses it
+        with self._lock:
+            self.stuck_reads -= 1
+            what, since = self._abandoned.pop(gen)
+        self.metrics.source_stuck_reads.labels(self.name).set(self.stuck_reads)
+        log.info("source '%s': an abandoned %s returned at last, after %.0f s (%d still stuck)", self.name, what,
+                 (time.monotonic_ns() - since) / 1e9, self.stuck_reads)
 
     def _set_state(self, state: str) -> None:
         self.state = state
         self.metrics.source_up.labels(self.name).set(1 if state == "up" else 0)
 
-    def _connect(self, first: bool) -> bool:
+    def _stopped(self, gen: int) -> bool:
+        return self._stop.is_set() or not self._current(gen)
+
+    def _connect(self, gen: int, source: VideoSource, first: bool) -> bool:
         """(Re)open a live source until it works, stop() is called, or the attempts run out."""
         attempt = 0
-        while not self._stop.is_set():
+        while not self._stopped(gen):
             try:
-                self.source.open()
+                self._call(gen, "open", source.open)
             except SourceUnsupported as exc:
                 log.error("%s", exc)
                 return False
             except SourceError as exc:
+                if not self._current(gen):
+                    return False
                 if self.backoff.max_attempts and attempt + 1 >= self.backoff.max_attempts:
                     log.error("%s; giving up after %d attempts", exc, attempt + 1)
                     return False
@@ -206,34 +302,43 @@ class SourceReader:
                 if self._stop.wait(delay):
                     return False
                 continue
+            if not self._current(gen):
+                return False
             if not first:
                 self.reconnects += 1
                 self.metrics.source_reconnects.labels(self.name).inc()
-                log.info("source '%s': reconnected to %s", self.name, self.source.shown_uri)
+                log.info("source '%s': reconnected to %s", self.name, source.shown_uri)
             self._set_state("up")
             return True
         return False
 
-    def _read_loop(self) -> None:
+    def _acquire(self, gen: int, pool: SlotPool) -> int | None:
+        """A slot. Files wait for one (stop() still ends the wait); live sources must keep reading (a
+        stream's buffer must drain), so with every slot busy they decode into scratch memory and drop."""
+        if self.live:
+            return pool.acquire(timeout=0)
+        while not self._stopped(gen):
+            slot = pool.acquire(timeout=0.1)
+            if slot is not None:
+                return slot
+        return None
+
+    def _read_loop(self, gen: int, source: VideoSource) -> None:
         s = self.settings
-        info = self.source.info
+        info = source.info
         self._set_state("up")
         pace = s.realtime and info.fps > 0
         interval_ns = int(1e9 / (info.fps * s.speed)) if pace else 0
         next_due = time.monotonic_ns()
         scratch: np.ndarray | None = None
-        while not self._stop.is_set():
+        while not self._stopped(gen):
             if s.max_frames is not None and self.frames_read >= s.max_frames:
                 return
             pool = self._ensure_pool(info.height, info.width)
-            # Files wait for a free slot; live sources must keep reading (a stream's buffer must drain),
-            # so with every slot busy they decode into scratch memory and drop the frame.
-            slot = pool.acquire(timeout=None if not self.live else 0)
-            while slot is None and not self.live and not self._stop.is_set():
-                slot = pool.acquire(timeout=0.1)
-            if self._stop.is_set():
+            slot = self._acquire(gen, pool)
+            if self._stopped(gen):
                 if slot is not None:
-                    pool.release(slot)
+                    self._release_slot(pool.name, slot)
                 return
             if pace:
                 delay = next_due - time.monotonic_ns()
@@ -248,21 +353,25 @@ class SourceReader:
                     scratch = np.empty(shape, np.uint8)
                 target = scratch
             t_capture = time.monotonic_ns()
-            ok, image, pts_ms = self.source.read(target)
+            ok, image, pts_ms = self._call(gen, "read", source.read, target)
             t_decoded = time.monotonic_ns()
+            if not self._current(gen):  # abandoned while it read: the frame is nobody's
+                if slot is not None:
+                    self._release_slot(pool.name, slot)
+                return
             if not ok:
                 if slot is not None:
-                    pool.release(slot)
-                if not self._on_end():
+                    self._release_slot(pool.name, slot)
+                if not self._on_end(gen, source):
                     return
-                info = self.source.info
+                info = source.info
                 continue
             if image.shape != shape:
-                info = self.source.info = type(info)(image.shape[1], image.shape[0], info.fps, info.frame_count)
+                info = source.info = type(info)(image.shape[1], image.shape[0], info.fps, info.frame_count)
                 if slot is not None:
-                    pool.release(slot)
+                    self._release_slot(pool.name, slot)
                 pool = self._ensure_pool(image.shape[0], image.shape[1])
-                slot = pool.acquire(timeout=None if not self.live else 0)
+                slot = self._acquire(gen, pool)
                 shape = image.shape
                 target = pool.view(slot, shape) if slot is not None else image
             if slot is not None and image is not target:
@@ -274,18 +383,18 @@ class SourceReader:
                 self.metrics.frames_dropped.labels(self.name, "pipeline_full").inc()
                 continue
             frame = Frame(self.name, index, pts_ms, t_capture, t_decoded, pool.name, slot, target)
-            if not self.queue.put(frame, self._stop):
+            if not self.queue.put(frame, lambda: self._stopped(gen)):
                 self._drop(frame, "shutdown")
                 return
 
-    def _on_end(self) -> bool:
+    def _on_end(self, gen: int, source: VideoSource) -> bool:
         """The source gave no frame. True to keep reading (looped or reconnected), False when done."""
-        if not self.source.live:
+        if not source.live:
             if self.settings.loop and self.frames_read > 0:
-                if self.source.rewind():
+                if source.rewind():
                     return True
                 try:  # some containers cannot seek: reopening starts from the beginning too
-                    self.source.open()
+                    source.open()
                     return True
                 except SourceError as exc:
                     log.error("%s", exc)
@@ -294,6 +403,6 @@ class SourceReader:
             return False
         # A live source that errors, ends or stalls (no frame within its read timeout) is reopened.
         self._set_state("down")
-        log.warning("source '%s': no frame from %s; reconnecting", self.name, self.source.shown_uri)
-        self.source.close()
-        return self._connect(first=False)
+        log.warning("source '%s': no frame from %s; reconnecting", self.name, source.shown_uri)
+        source.close()
+        return self._connect(gen, source, first=False)

@@ -3,7 +3,8 @@ low-cardinality: source (config names, never URIs), stage, reason."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info, PlatformCollector,
+                               ProcessCollector)
 
 from pipeline import __version__
 
@@ -13,7 +14,11 @@ STAGES = ("capture", "queue", "preprocess", "inference", "postprocess", "sink")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
                    0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 
-DROP_REASONS = ("queue_full", "pipeline_full", "worker_restart", "shutdown")
+# queue_full/pipeline_full: a live source outran the worker; worker_restart: in flight when the worker died;
+# worker_hang: in flight when a worker that stopped answering was killed; shutdown: decoded but not processed
+# when the daemon stopped; retired: in flight for a source a reload removed.
+DROP_REASONS = ("queue_full", "pipeline_full", "worker_restart", "worker_hang", "shutdown", "retired")
+SINKS = ("overlay", "preview", "events", "video")
 
 
 class Metrics:
@@ -22,6 +27,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The standard process_*, python_* series: process_start_time_seconds is how restarts show.
+        if registry is None:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
         self.stage_latency = Histogram(
             "perceptd_stage_latency_seconds", "Time a frame spent in each pipeline stage",
             ["source", "stage"], buckets=LATENCY_BUCKETS, registry=r)
@@ -59,6 +69,26 @@ class Metrics:
         self.preview_frames = Counter(
             "perceptd_preview_frames_total", "JPEGs encoded for the live view (only while watched)", ["source"],
             registry=r)
+        self.sink_errors = Counter(
+            "perceptd_sink_errors_total", "Failed writes of an output (disk full, permissions, I/O errors); the "
+            "output pauses and is retried", ["source", "sink"], registry=r)
+        self.sink_up = Gauge(
+            "perceptd_sink_up", "1 while the output writes, 0 while it is paused after an error", ["source", "sink"],
+            registry=r)
+        self.sink_skipped = Counter(
+            "perceptd_sink_frames_skipped_total", "Processed frames an output did not write because it was paused",
+            ["source", "sink"], registry=r)
+        self.source_stuck_reads = Gauge(
+            "perceptd_source_stuck_reads", "Reads abandoned after stall_timeout_s that are still blocked in the "
+            "driver", ["source"], registry=r)
+        self.worker_hangs = Counter(
+            "perceptd_worker_hangs_total", "Times the inference worker answered no batch within the hang bound and "
+            "was killed and restarted", registry=r)
+        self.reloads = Counter(
+            "perceptd_reloads_total", "Configuration reloads (SIGHUP): ok, rejected (the file did not validate) or "
+            "failed (the new model or engine did not load; the old one kept serving)", ["result"], registry=r)
+        for result in ("ok", "rejected", "failed"):
+            self.reloads.labels(result)
         self.info = Info("perceptd", "Version and the model/engine in use", registry=r)
         self.info.info({"version": __version__, "model": "", "backend": "", "precision": "", "device": ""})
 
@@ -74,6 +104,30 @@ class Metrics:
         self.source_reconnects.labels(name)
         self.preview_viewers.labels(name).set(0)
         self.preview_frames.labels(name)
+        self.source_stuck_reads.labels(name).set(0)
+
+    def accounting(self, name: str) -> str:
+        """One line that shows a source's frames conserved: captured = processed + dropped, by reason."""
+        value = self.registry.get_sample_value
+        captured = value("perceptd_frames_captured_total", {"source": name}) or 0
+        processed = value("perceptd_frames_processed_total", {"source": name}) or 0
+        drops = {r: value("perceptd_frames_dropped_total", {"source": name, "reason": r}) or 0 for r in DROP_REASONS}
+        dropped = sum(drops.values())
+        detail = ", ".join(f"{r} {n:.0f}" for r, n in drops.items() if n)
+        text = (f"source '{name}': {captured:.0f} captured = {processed:.0f} processed + {dropped:.0f} dropped"
+                + (f" ({detail})" if detail else ""))
+        return text if captured == processed + dropped else text.replace(" = ", " != ", 1)
+
+    def remove_source(self, name: str) -> None:
+        """Drop every series of a source a reload removed: a source that no longer exists is not 'down'."""
+        for metric in self._per_source():
+            labelled = [key for key in list(metric._metrics) if key[metric._labelnames.index("source")] == name]
+            for key in labelled:
+                metric.remove(*key)
+
+    def _per_source(self) -> list:
+        return [m for m in vars(self).values()
+                if isinstance(m, (Counter, Gauge, Histogram)) and "source" in getattr(m, "_labelnames", ())]
 
     def set_engine(self, model: str, backend: str, precision: str, device: str) -> None:
         self.info.info({"version": __version__, "model": model, "backend": backend, "precision": precision,

@@ -1,38 +1,39 @@
-"""Wires sources -> dispatcher -> inference worker -> result reader -> per-source sinks, and runs them.
+"""Wires sources -> inference (dispatcher, worker, collector) -> per-source sinks, and runs them.
 
 Start-up validates everything a user can get wrong (config, files, model, output directory, port) before
 any output file is opened, so a bad start never touches earlier outputs. Live sources that are down at
-start are retried by their readers. Sources can be added and retired while running (reload).
+start are retried by their readers. Sources can be added and retired, and outputs replaced, while running
+(reload). Every decoded frame ends up processed or counted as dropped with a reason, whatever fails.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 
-from pipeline.capture import Backoff, SourceReader
-from pipeline.errors import SourceError, SourceUnsupported, UserError
-from pipeline.frame import Frame, WorkItem
+from pipeline.capture import SourceReader
+from pipeline.errors import SourceError, SourceUnsupported
+from pipeline.frame import Frame, WorkResult
 from pipeline.http import HttpServer
+from pipeline.inference import Inference
 from pipeline.metrics import Metrics
 from pipeline.progress import Progress
 from pipeline.settings import Settings, SourceSettings
+from pipeline.shm import remove_stale_blocks
 from pipeline.sinks import SourceOutput, retention
+from pipeline.sinks.files import probe_video_codec
+from pipeline.sinks.outdir import OutputDir
 from pipeline.sinks.preview import Preview
-from pipeline.sinks.files import check_output_dir
 from pipeline.sources import VideoSource, make_source
 from pipeline.spec import adapter_params, build_worker_spec
-from pipeline.supervisor import WorkerClient, WorkerDied
+from pipeline.supervisor import WorkerClient
 
 log = logging.getLogger(__name__)
 
-RESTART_BACKOFF_MAX_S = 30.0
 RETENTION_EVERY_S = 60.0
 
 
@@ -40,34 +41,29 @@ class Pipeline:
     def __init__(self, settings: Settings, metrics: Metrics | None = None):
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self._cond = threading.Condition()  # guards queues, in-flight map, source maps, worker readiness
-        self._inflight: dict[tuple[int, int], Frame] = {}
+        self._cond = threading.Condition()  # guards queues, in-flight books, source maps, worker readiness
         self._stop = threading.Event()  # stop reading; drain what is in flight
         self._abort = threading.Event()  # stop everything now
-        self._interrupted = threading.Event()  # a signal arrived: also cuts metrics.linger_s short
-        self._worker_ready = False
-        self._pending_spec = None  # a reload's new worker, swapped in by the collect thread
+        self._interrupted = threading.Event()  # a signal arrived: cancels a worker start, cuts linger short
         self.readers: dict[int, SourceReader] = {}
         self.outputs: dict[int, SourceOutput] = {}
         self._retiring: set[int] = set()
+        self._closing_outputs: list[SourceOutput] = []  # replaced by a reload, finalising in the background
         self._ids = itertools.count()
-        self._stems: dict[str, int] = {}  # output files written per source name in this run
-        self.worker: WorkerClient | None = None
+        self.inference: Inference | None = None
         self.http: HttpServer | None = None
-        self.out_dir: Path | None = None
+        self.outdir: OutputDir | None = None
+        self._outdirs: list[OutputDir] = []  # every directory locked by this run (a reload may move it)
         self.failure: BaseException | None = None
         self.started = False
-        self.last_result_ns = time.monotonic_ns()
-        self._inflight_limit = 2 * settings.engine.max_batch  # one batch running, one ready to go
-        self._per_source: dict[int, int] = {}  # frames in flight by source id
-        self._live_inflight = settings.pipeline.live_inflight
-        self._threads: list[threading.Thread] = []
         self._next_retention = 0.0
 
     # start-up ------------------------------------------------------------------------------------------
-    def open(self, routes: dict | None = None, streams: dict | None = None, access=None) -> None:
-        """Everything that can fail on user input, in the order a user fixes things."""
+    def open(self, routes: dict | None = None, streams: dict | None = None, access=None, progress=None) -> None:
+        """Everything that can fail on user input, in the order a user fixes things. `progress` gets the
+        worker's load progress (a TensorRT build). StartCancelled when interrupt() came during the load."""
         s = self.settings
+        remove_stale_blocks()
         sources: list[tuple[SourceSettings, VideoSource]] = []
         try:
             for src in s.sources:
@@ -79,22 +75,42 @@ class Pipeline:
             opened = [x.info for _, x in sources if x.info is not None]
             source_hw = (max(i.height for i in opened), max(i.width for i in opened)) if opened else (480, 640)
             spec, model = build_worker_spec(s, source_hw)
-            self.out_dir = check_output_dir(s.sinks.output_dir)
+            self.use_output_dir(s)
             if s.metrics.enabled:
                 self.http = HttpServer(s.metrics.host, s.metrics.port, self.metrics.registry, routes, streams,
                                        access)
-            self.worker = WorkerClient(spec)
-            info = self.worker.start(s.pipeline.worker_start_timeout_s)
+            self.inference = Inference(spec, lambda: self.settings, self._cond, lambda: self.readers,
+                                       self._deliver, self.metrics, self._abort)
+            self.inference.progress = progress
+            info = self.inference.start_worker(cancel=self._interrupted)
         except BaseException:
             for _, source in sources:
                 source.close()
             if self.http is not None:
                 self.http.stop()
+            for d in self._outdirs:
+                d.close()
             raise
         self.metrics.set_engine(model.name, info["backend"], info["precision"], info["device"])
-        self._worker_ready = True
         for src, source in sources:
             self._add(src, source)
+
+    def use_output_dir(self, settings: Settings) -> None:
+        """Lock the configured output directory (UserError when another perceptd holds it), finalise what a
+        killed run left there, and check the video codec, before any source writes to it."""
+        path = Path(settings.sinks.output_dir).expanduser()
+        if self.outdir is not None and self.outdir.path == path:
+            return
+        outdir = OutputDir(path)
+        outdir.open()
+        try:
+            if settings.sinks.video.enabled:
+                probe_video_codec(outdir.path, settings.sinks.video.fourcc, settings.sinks.video.extension)
+        except BaseException:
+            outdir.close()
+            raise
+        self.outdir = outdir
+        self._outdirs.append(outdir)
 
     @staticmethod
     def _probe_live(sources: list[VideoSource]) -> None:
@@ -113,22 +129,11 @@ class Pipeline:
                 list(pool.map(attempt, sources))  # re-raises SourceUnsupported: exit 2
 
     def _add(self, src: SourceSettings, source: VideoSource) -> int:
-        s = self.settings
         sid = next(self._ids)
         self.metrics.add_source(src.name)
-        p = s.pipeline
-        reader = SourceReader(sid, src, source, p.queue_size + self._inflight_limit + 4, p.queue_size,
-                              p.drop_policy, self.metrics, self._cond,
-                              Backoff(p.reconnect_initial_s, p.reconnect_max_s, p.reconnect_max_attempts))
-        # A source restarted by a reload gets new files: an output written earlier in this run is kept.
-        n = self._stems.get(src.name, 0)
-        self._stems[src.name] = n + 1
-        stem = src.name if n == 0 else f"{src.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        w = s.web
-        preview = (Preview(w.preview_fps, w.jpeg_quality, w.max_width, self.metrics.preview_viewers.labels(src.name),
-                           self.metrics.preview_frames.labels(src.name)) if w.enabled and s.metrics.enabled else None)
-        output = SourceOutput(src.name, s.sinks, self.out_dir, lambda: source.info.fps if source.info else 0.0,
-                              self.metrics, reader.release, stem, preview)
+        reader = SourceReader(sid, src, source, self.metrics, self._cond, reopen=lambda: make_source(src))
+        reader.configure(self.settings)
+        output = self._output_for(src.name, source, reader)
         with self._cond:
             self.readers[sid] = reader
             self.outputs[sid] = output
@@ -137,6 +142,15 @@ class Pipeline:
             reader.start()
         return sid
 
+    def _output_for(self, name: str, source: VideoSource, reader: SourceReader) -> SourceOutput:
+        s = self.settings
+        w = s.web
+        preview = (Preview(w.preview_fps, w.jpeg_quality, w.max_width, self.metrics.preview_viewers.labels(name),
+                           self.metrics.preview_frames.labels(name)) if w.enabled and s.metrics.enabled else None)
+        # Its files get names no earlier output has (a source restarted by a reload gets new ones too).
+        return SourceOutput(name, s.sinks, self.outdir, lambda: source.info.fps if source.info else 0.0,
+                            self.metrics, reader.release, preview)
+
     def start(self) -> None:
         if self.http is not None:
             self.http.start()
@@ -144,14 +158,11 @@ class Pipeline:
         for sid in list(self.readers):
             self.outputs[sid].start()
             self.readers[sid].start()
-        for target, name in ((self._dispatch, "dispatch"), (self._collect, "collect")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        self.inference.start()
 
     # running -------------------------------------------------------------------------------------------
     def interrupt(self) -> None:
-        """SIGINT/SIGTERM: stop as request_stop does, and do not linger afterwards."""
+        """SIGINT/SIGTERM: stop as request_stop does, cancel a worker start, and do not linger afterwards."""
         self._interrupted.set()
         self.request_stop()
 
@@ -165,27 +176,41 @@ class Pipeline:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def worker(self) -> WorkerClient | None:
+        return self.inference.worker if self.inference is not None else None
+
+    @property
+    def last_result_ns(self) -> int:
+        return self.inference.last_result_ns if self.inference is not None else time.monotonic_ns()
+
     def pending(self) -> int:
         """Frames decoded and not yet back from the worker."""
         with self._cond:
-            return len(self._inflight) + sum(len(r.queue) for r in self.readers.values())
+            queued = sum(len(r.queue) for r in self.readers.values())
+        return queued + (self.inference.pending() if self.inference is not None else 0)
 
     def done(self) -> bool:
         if self.failure is not None or self._abort.is_set():
             return True
         with self._cond:
-            return (all(r.finished.is_set() for r in self.readers.values()) and not self._inflight
-                    and all(len(r.queue) == 0 for r in self.readers.values()))
+            finished = all(r.finished.is_set() and len(r.queue) == 0 for r in self.readers.values())
+        return finished and self.inference.pending() == 0
 
     def step(self) -> None:
         """Housekeeping, called about ten times a second by whoever runs the pipeline."""
+        now = time.monotonic()
         for reader in list(self.readers.values()):
             self.metrics.queue_depth.labels(reader.name).set(len(reader.queue))
+            reader.check_stall()
         self._reap()
         sinks = self.settings.sinks
-        if (sinks.retention_days or sinks.max_disk_gb) and time.monotonic() >= self._next_retention:
-            self._next_retention = time.monotonic() + RETENTION_EVERY_S
-            retention.enforce(self.out_dir, sinks.retention_days, sinks.max_disk_gb)
+        if now >= self._next_retention:
+            self._next_retention = now + RETENTION_EVERY_S
+            try:
+                retention.enforce(self.outdir.path, sinks.retention_days, sinks.max_disk_gb, sinks.min_free_percent)
+            except OSError as exc:  # a vanished or unreadable directory: the sinks report it themselves
+                log.warning("retention: %s", exc)
 
     def run(self, progress: Progress | None = None, drain_timeout_s: float = 10.0, tick=None) -> None:
         """Block until every source has ended (or stop was requested) and everything is written."""
@@ -205,6 +230,20 @@ class Pipeline:
         if progress is not None:
             progress.finish(self)
 
+    def health(self, period_s: float) -> str | None:
+        """None while the daemon moves frames or recovers by itself; else why it cannot (so that systemd's
+        watchdog, no longer pinged, restarts it)."""
+        if self.inference is not None:
+            why = self.inference.health(period_s)
+            if why:
+                return why
+        limit = self.settings.pipeline.max_stuck_reads
+        for reader in list(self.readers.values()):
+            if reader.stuck_reads > limit:
+                return (f"source '{reader.name}' has {reader.stuck_reads} reads stuck in its driver "
+                        f"(more than pipeline.max_stuck_reads: {limit})")
+        return None
+
     def preview(self, name: str) -> Preview | None:
         """The live view's frames of the running source called `name` (the newest, after a reload)."""
         for sid, reader in sorted(self.readers.items(), reverse=True):
@@ -216,14 +255,19 @@ class Pipeline:
         """Per-source state for /readyz and systemd's STATUS= line."""
         out = {}
         for sid, reader in list(self.readers.items()):
-            fps, latency = self.outputs[sid].stats()
+            output = self.outputs.get(sid)
+            if output is None:
+                continue
+            fps, latency = output.stats()
             out[reader.name] = {"state": reader.state, "fps": round(fps, 1), "latency_ms": round(latency, 1),
-                                "frames": self.outputs[sid].processed, "reconnects": reader.reconnects}
+                                "frames": output.processed, "reconnects": reader.reconnects,
+                                "stuck_reads": reader.stuck_reads, "paused": output.paused()}
         return out
 
     @property
     def ready(self) -> bool:
-        return self.started and self._worker_ready and self.worker is not None and self.worker.alive()
+        return (self.started and self.inference is not None and self.inference.ready
+                and self.inference.worker.alive())
 
     # reconfiguration -----------------------------------------------------------------------------------
     def retire(self, sid: int) -> None:
@@ -239,8 +283,7 @@ class Pipeline:
         for sid in list(self._retiring):
             reader = self.readers[sid]
             with self._cond:
-                busy = (not reader.finished.is_set() or len(reader.queue)
-                        or any(k[0] == sid for k in self._inflight))
+                busy = not reader.finished.is_set() or len(reader.queue) or self.inference.inflight_of(sid)
                 if busy:
                     continue
                 self._retiring.discard(sid)
@@ -248,7 +291,12 @@ class Pipeline:
                 del self.readers[sid]
             output.close()
             reader.close()
+            if not any(r.name == reader.name for r in self.readers.values()):
+                log.info("%s", self.metrics.accounting(reader.name))
+                self.metrics.remove_source(reader.name)  # gone for good, not 'down'
             log.info("source '%s' retired", reader.name)
+        for output in [o for o in self._closing_outputs if o.closed]:
+            self._closing_outputs.remove(output)
 
     def add_source(self, src: SourceSettings) -> None:
         """A source added by a reload. Files must open (SourceError otherwise); live ones may retry."""
@@ -259,22 +307,40 @@ class Pipeline:
             self._probe_live([source])
         self._add(src, source)
 
+    @property
+    def retiring(self) -> set[int]:
+        return set(self._retiring)
+
+    def reconfigure_readers(self) -> None:
+        """A reload changed the flow settings: queues, pools and reconnection follow, sources keep running."""
+        for reader in list(self.readers.values()):
+            reader.configure(self.settings)
+
+    def replace_outputs(self) -> None:
+        """A reload changed the sinks: every source gets new outputs (new files, with the new settings)
+        between two frames; the old ones finalise what they have. The sources keep running."""
+        for sid, reader in list(self.readers.items()):
+            if sid in self._retiring:
+                continue
+            new = self._output_for(reader.name, reader.source, reader)
+            new.start()
+            with self._cond:
+                old = self.outputs[sid]
+                self.outputs[sid] = new
+            self._closing_outputs.append(old)
+            threading.Thread(target=old.close, name=f"close-{reader.name}", daemon=True).start()
+
     def set_params(self, settings: Settings) -> None:
         """New thresholds/filters for the running worker (no restart)."""
-        params = adapter_params(settings, self.worker.info.get("family", "auto"))
-        self.worker.spec = dataclasses.replace(self.worker.spec, params=params)
-        self.worker.send_params(params)
+        self.inference.set_params(adapter_params(settings, self.worker.info.get("family", "auto")))
 
     def replace_worker(self, settings: Settings) -> None:
-        """A reload changed the model or engine: the collect thread swaps workers between batches.
-        Raises UserError now (and changes nothing) when the new model cannot be resolved."""
+        """A reload changed the model or engine: a new worker is prepared beside the running one. Raises
+        UserError now (and changes nothing) when the new model cannot be resolved."""
         infos = [r.source.info for r in self.readers.values() if r.source.info is not None]
         hw = (max(i.height for i in infos), max(i.width for i in infos)) if infos else (480, 640)
         spec, _ = build_worker_spec(settings, hw)
-        with self._cond:
-            self._worker_ready = False  # the dispatcher pauses; in-flight frames finish on the old worker
-            self._pending_spec = spec
-            self._cond.notify_all()
+        self.inference.stage(spec)
 
     # shutdown ------------------------------------------------------------------------------------------
     def close(self, linger_s: float = 0.0) -> None:
@@ -287,22 +353,25 @@ class Pipeline:
         self._abort.set()
         with self._cond:
             self._cond.notify_all()
-        for t in self._threads:
-            t.join(5)
+        if self.inference is not None:
+            self.inference.join(5)
+            self.inference.stop()  # the worker first: only then are the slots it could read given back
         with self._cond:
-            leftovers = self._clear_inflight()
-            for reader in readers:
-                leftovers.extend((reader, frame) for frame in reader.queue.drain())
+            leftovers = [(reader, frame) for reader in readers for frame in reader.queue.drain()]
         for reader in readers:
             self.metrics.queue_depth.labels(reader.name).set(0)
-        self._drop(leftovers, "shutdown")
-        if self.worker is not None:
-            self.worker.stop()
-            self.metrics.worker_up.set(0)
-        for out in list(self.outputs.values()):
+        for reader, frame in leftovers:
+            self.metrics.frames_dropped.labels(reader.name, "shutdown").inc()
+            reader.release(frame)
+        for out in [*self.outputs.values(), *self._closing_outputs]:
             out.close()
         for reader in readers:
             reader.close()
+        for name in dict.fromkeys(r.name for r in readers):
+            line = self.metrics.accounting(name)
+            (log.warning if " != " in line else log.info)("%s", line)
+        for d in self._outdirs:
+            d.close()
         if self.http is not None:
             if linger_s > 0 and not self._interrupted.is_set():
                 log.info("serving metrics for %.0f s more (metrics.linger_s)", linger_s)
@@ -310,136 +379,13 @@ class Pipeline:
             self.http.stop()
             self.http = None
 
-    # threads -------------------------------------------------------------------------------------------
-    def _dispatch(self) -> None:
-        """Move frames from the source queues to the worker, round-robin, within the in-flight limit."""
-        turn = 0
-        while not self._abort.is_set():
-            batch: list[tuple[SourceReader, Frame]] = []
-            with self._cond:
-                while not self._abort.is_set():
-                    room = self._inflight_limit - len(self._inflight)
-                    if self._worker_ready and room > 0 and any(len(r.queue) and self._may_send(r)
-                                                               for r in self.readers.values()):
-                        break
-                    self._cond.wait(0.5)
-                if self._abort.is_set():
-                    return
-                readers = list(self.readers.values())
-                n = len(readers)
-                room = self._inflight_limit - len(self._inflight)
-                while room > 0:
-                    took = False
-                    for k in range(n):
-                        reader = readers[(turn + k) % n]
-                        if reader.live and self._per_source.get(reader.id, 0) >= self._live_inflight:
-                            continue  # its next frame goes when this one is back: the newest then
-                        frame = reader.queue.pop()
-                        if frame is not None:
-                            batch.append((reader, frame))
-                            self._inflight[(reader.id, frame.index)] = frame
-                            self._per_source[reader.id] = self._per_source.get(reader.id, 0) + 1
-                            room -= 1
-                            took = True
-                            if room == 0:
-                                break
-                    if not took:
-                        break
-                turn = (turn + 1) % max(n, 1)
-                self._cond.notify_all()  # blocked file readers: there is queue space now
-                worker = self.worker
-            try:
-                worker.submit([WorkItem(reader.id, f.index, f.pool, f.slot, reader.pool_offset(f), f.height,
-                                        f.width, f.t_capture_ns) for reader, f in batch])
-            except (ValueError, OSError):
-                pass  # the worker died meanwhile: _restart counts these frames as lost
-
-    def _may_send(self, reader: SourceReader) -> bool:
-        return not reader.live or self._per_source.get(reader.id, 0) < self._live_inflight
-
-    def _took_back(self, key: tuple[int, int]) -> Frame | None:
-        """Remove a frame from the in-flight books (caller holds the condition)."""
-        frame = self._inflight.pop(key, None)
-        if frame is not None:
-            self._per_source[key[0]] -= 1
-        return frame
-
-    def _clear_inflight(self) -> list[tuple[SourceReader, Frame]]:
-        """Empty the in-flight books, returning each frame with its reader (caller holds the condition).
-        By source id, not name: after a reload a retiring and a new source may share a name."""
-        taken = [(self.readers[sid], frame) for (sid, _), frame in self._inflight.items()]
-        self._inflight.clear()
-        self._per_source.clear()
-        return taken
-
-    def _drop(self, frames: list[tuple[SourceReader, Frame]], reason: str) -> None:
-        for reader, frame in frames:
-            self.metrics.frames_dropped.labels(reader.name, reason).inc()
+    # results -------------------------------------------------------------------------------------------
+    def _deliver(self, reader: SourceReader, frame: Frame, result: WorkResult) -> None:
+        """The collector's hand-off: to the source's current outputs (in frame order)."""
+        with self._cond:
+            output = self.outputs.get(reader.id)
+        if output is None:  # its source was removed meanwhile: still counted
+            self.metrics.frames_dropped.labels(reader.name, "retired").inc()
             reader.release(frame)
-
-    def _collect(self) -> None:
-        """Hand the worker's results to the sinks in order; restart the worker when it dies."""
-        backoff = self.settings.pipeline.restart_backoff_s
-        while not self._abort.is_set():
-            if self._pending_spec is not None and not self._inflight:
-                self._swap_worker()
-            try:
-                results = self.worker.results(timeout=0.2)
-            except WorkerDied as exc:
-                if self._abort.is_set():
-                    return
-                self._restart(str(exc), backoff)
-                backoff = min(max(backoff, 0.5) * 2, RESTART_BACKOFF_MAX_S)
-                continue
-            if results:
-                backoff = self.settings.pipeline.restart_backoff_s
-                self.last_result_ns = time.monotonic_ns()
-                self.metrics.batch_size.observe(results[0].batch_size)
-            for r in results:
-                with self._cond:
-                    frame = self._took_back((r.source_id, r.index))
-                    output = self.outputs.get(r.source_id)
-                    self._cond.notify_all()
-                if frame is not None and output is not None:
-                    output.put(frame, r)
-            for out in list(self.outputs.values()):
-                if out.error is not None and self.failure is None:
-                    self.failure = out.error
-
-    def _swap_worker(self) -> None:
-        spec, self._pending_spec = self._pending_spec, None
-        log.info("reload: starting a new worker for %s", spec.model_name)
-        self.worker.stop()
-        self.worker.spec = spec
-        self._start_worker_until_ready()
-        info = self.worker.info
-        self.metrics.set_engine(spec.model_name, info["backend"], info["precision"], info["device"])
-
-    def _restart(self, why: str, delay: float) -> None:
-        with self._cond:
-            self._worker_ready = False
-            lost = self._clear_inflight()
-            self._cond.notify_all()
-        log.error("%s; %d frame(s) in flight lost; restarting it in %.1f s", why, len(lost), delay)
-        self.metrics.worker_restarts.inc()
-        self.metrics.worker_up.set(0)
-        self._drop(lost, "worker_restart")
-        self.worker.kill()
-        if self._abort.wait(delay):
             return
-        self._start_worker_until_ready()
-        log.info("worker restarted (pid %s)", self.worker.pid)
-
-    def _start_worker_until_ready(self) -> None:
-        while not self._abort.is_set():
-            try:
-                self.worker.start(self.settings.pipeline.worker_start_timeout_s)
-                break
-            except (WorkerDied, RuntimeError, UserError) as exc:
-                log.error("starting the worker failed: %s; trying again in %.0f s", exc, RESTART_BACKOFF_MAX_S)
-                if self._abort.wait(RESTART_BACKOFF_MAX_S):
-                    return
-        self.metrics.worker_up.set(1)
-        with self._cond:
-            self._worker_ready = True
-            self._cond.notify_all()
+        output.put(frame, result)

@@ -135,6 +135,15 @@ class PipelineSettings(Strict):
     live_inflight: int = Field(1, ge=1, le=64, description="Frames of one live source at the worker at once; "
                                "1 keeps latency lowest, more trades latency for throughput")
     worker_start_timeout_s: float = Field(300.0, gt=0, description="Engine load (and build) deadline")
+    hang_timeout_s: float = Field(0.0, ge=0, le=3600, description="A worker that answers no batch for this long "
+                                  "is killed and restarted; 0: automatic (60 s for the first batches after a "
+                                  "start, then 10x the slowest recent batch, at least 5 s)")
+    reload_strategy: Literal["auto", "replace"] = Field(
+        "auto", description="auto: a reload's new model loads beside the running one, which serves until it "
+        "is ready (replace when both do not fit in memory); replace: the running worker stops first")
+    max_stuck_reads: int = Field(2, ge=0, le=100, description="Reads of one source abandoned after "
+                                 "stall_timeout_s and still blocked in the driver beyond which the daemon stops "
+                                 "the watchdog pings (systemd then restarts it)")
     restart_backoff_s: float = Field(1.0, ge=0, le=300, description="First worker restart delay (doubles)")
     reconnect_initial_s: float = Field(1.0, gt=0, le=300, description="First live-source reconnect delay")
     reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Reconnect delay cap (doubling, jittered)")
@@ -186,6 +195,11 @@ class SinkSettings(Strict):
     privacy: PrivacySettings = PrivacySettings()
     retention_days: float = Field(0.0, ge=0, description="Delete finalised outputs older than this; 0: keep")
     max_disk_gb: float = Field(0.0, ge=0, description="Delete the oldest finalised outputs beyond this; 0: no cap")
+    min_free_percent: float = Field(10.0, ge=0, le=90, description="Delete the oldest finalised outputs while the "
+                                    "output file system has less free than this; 0: off")
+    reserve_mb: float = Field(100.0, ge=0, le=1e6, description="Pause writing while less than this is free, so "
+                              "files can still be finalised; 0: off")
+    retry_s: float = Field(5.0, gt=0, le=3600, description="A paused output (write error) is retried this often")
     progress: Literal["auto", "bar", "log", "off"] = "auto"
     log_interval_s: float = Field(10.0, gt=0, description="Seconds between progress log lines")
 

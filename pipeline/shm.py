@@ -6,16 +6,63 @@ from decode until the sink has written the frame, so the pixels are copied once,
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import os
 import sys
 import threading
 from collections import OrderedDict
 from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+# Blocks are named for the process that owns them, so that a start after a crash (SIGKILL, OOM killer: no
+# cleanup ran, not even multiprocessing's resource tracker) can tell its predecessor's leftovers in /dev/shm.
+PREFIX = "perceptd_"
+SHM_DIR = Path("/dev/shm")
+_serial = itertools.count()
+
+
+def block_name() -> str:
+    return f"{PREFIX}{os.getpid()}_{next(_serial)}"
+
+
+def _alive(pid: int) -> bool:
+    """/dev/shm is emptied at boot, so a live process of that number is the owner (or, after the pid
+    counter wrapped, a stranger: its block is then kept, never a live one removed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_blocks(directory: Path = SHM_DIR) -> list[str]:
+    """Unlink the frame blocks of perceptd processes that are gone; returns their names."""
+    removed = []
+    try:
+        entries = list(directory.iterdir())
+    except OSError:  # no /dev/shm (not Linux): nothing to clean
+        return removed
+    for entry in entries:
+        owner = entry.name[len(PREFIX):].split("_", 1)[0]
+        if not entry.name.startswith(PREFIX) or not owner.isdigit() or _alive(int(owner)):
+            continue
+        try:
+            entry.unlink()
+            removed.append(entry.name)
+        except OSError as exc:
+            log.warning("cannot remove stale shared memory %s: %s", entry, exc)
+    if removed:
+        log.warning("removed %d shared-memory block(s) left by a perceptd that did not exit cleanly", len(removed))
+    return removed
 
 
 class SlotPool:
@@ -24,7 +71,7 @@ class SlotPool:
     def __init__(self, n_slots: int, capacity: int, tag: str = ""):
         self.n_slots = n_slots
         self.capacity = capacity
-        self.shm = shared_memory.SharedMemory(create=True, size=max(1, n_slots * capacity))
+        self.shm = shared_memory.SharedMemory(name=block_name(), create=True, size=max(1, n_slots * capacity))
         self.name = self.shm.name
         self._free = list(range(n_slots - 1, -1, -1))
         self._cond = threading.Condition()

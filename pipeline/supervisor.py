@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
+import threading
 import time
+from typing import Callable
 
 from pipeline.errors import UserError
 from pipeline.frame import WorkItem, WorkResult
@@ -22,6 +24,10 @@ class WorkerDied(RuntimeError):
     pass
 
 
+class StartCancelled(RuntimeError):
+    """start() was cancelled (shutdown, or a newer reload) and the half-started worker killed."""
+
+
 class WorkerClient:
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
@@ -30,8 +36,11 @@ class WorkerClient:
         self._inq: mp.Queue | None = None
         self._outq: mp.Queue | None = None
 
-    def start(self, timeout_s: float) -> dict:
-        """Spawn the worker and wait until its engine is loaded. UserError for a bad model."""
+    def start(self, timeout_s: float, cancel: threading.Event | None = None,
+              progress: Callable[[str], None] | None = None, beat: Callable[[], None] | None = None) -> dict:
+        """Spawn the worker and wait until its engine is loaded. UserError for a bad model; StartCancelled
+        when `cancel` is set meanwhile (the worker is killed: a TensorRT build cannot be paused). `progress`
+        gets the worker's progress lines (a TensorRT build); `beat` is called while waiting."""
         # Fresh queues each time: a process killed while holding a queue's lock would wedge the old ones.
         self._inq, self._outq = _CTX.Queue(), _CTX.Queue()
         self._proc = _CTX.Process(target=worker_main, args=(self.spec, self._inq, self._outq),
@@ -39,6 +48,11 @@ class WorkerClient:
         self._proc.start()
         deadline = time.monotonic() + timeout_s
         while True:
+            if beat is not None:
+                beat()
+            if cancel is not None and cancel.is_set():
+                self.kill()
+                raise StartCancelled(f"loading {self.spec.model_name} was cancelled")
             try:
                 msg = self._outq.get(timeout=0.2)
             except queue.Empty:
@@ -54,6 +68,8 @@ class WorkerClient:
             if kind == "progress":  # a long load (TensorRT build) that is moving: keep waiting
                 deadline = time.monotonic() + timeout_s
                 log.info("worker: %s", msg[1])
+                if progress is not None:
+                    progress(msg[1])
                 continue
             if kind == "ready":
                 self.info = msg[1]
@@ -79,9 +95,16 @@ class WorkerClient:
         """One message per dispatch pass: one pickle and one pipe write, and the worker sees them together."""
         self._inq.put(items)
 
-    def send_params(self, params) -> None:
-        """New thresholds for the adapter, applied between batches (queued behind frames already sent)."""
-        self._inq.put(("params", params))
+    def send_params(self, params) -> bool:
+        """New thresholds for the adapter, applied between batches (queued behind frames already sent).
+        False when there is no running worker to tell: the spec carries them to the next one."""
+        if not self.alive():
+            return False
+        try:
+            self._inq.put(("params", params))
+        except (ValueError, OSError):  # closed by kill() meanwhile (a restart)
+            return False
+        return True
 
     def results(self, timeout: float) -> list[WorkResult]:
         """The next batch of results, [] on timeout. WorkerDied when the process is gone."""
@@ -113,11 +136,18 @@ class WorkerClient:
             self._proc.join(timeout)
         self.kill()
 
-    def kill(self) -> None:
+    def kill(self, wait_s: float = 10.0) -> bool:
+        """SIGKILL (it works on a stopped or hung process too) and reap; False if it is still not gone
+        after `wait_s` (stuck in the kernel, e.g. a GPU driver call): its slots must then stay taken."""
+        dead = True
         if self._proc is not None and self._proc.is_alive():
             self._proc.kill()
-            self._proc.join(5)
+            self._proc.join(wait_s)
+            dead = not self._proc.is_alive()
+            if not dead:
+                log.error("inference worker %d did not exit within %.0f s of SIGKILL", self._proc.pid, wait_s)
         for q in (self._inq, self._outq):
             if q is not None:
                 q.cancel_join_thread()  # never block exit on a dead reader
                 q.close()
+        return dead

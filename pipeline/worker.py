@@ -110,6 +110,15 @@ class _Runner:
         if options.input_hw is None:
             options = dataclasses.replace(options, input_hw=planned_input_hw(spec))
         self.engine = create_engine(spec.backend, spec.model_path, options)
+        try:
+            self._setup(spec)
+        except BaseException:
+            # Close what was opened: a CUDA context left pushed makes pycuda abort the process at exit (a core
+            # dump per failed start), and the parent reports the error itself.
+            self.engine.close()
+            raise
+
+    def _setup(self, spec: WorkerSpec) -> None:
         family = spec.family
         if family == "auto":
             family = guess_family(self.engine.outputs)
@@ -182,10 +191,11 @@ WORKER_NICE = 5
 
 def worker_main(spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue) -> None:
     """Entry point of the worker process."""
-    # Ctrl-C and systemd's SIGTERM reach the whole process group; the parent decides when the worker
-    # stops (after draining), so the worker ignores them and exits on the sentinel or parent death.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Ctrl-C, systemd's SIGTERM and a terminal's SIGHUP reach the whole process group; the parent decides
+    # when the worker stops (after draining) or is killed (a shutdown during a TensorRT build), so the
+    # worker ignores them and exits on the sentinel, on SIGKILL, or when the parent is gone.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
     parent = os.getppid()
     lower_priority(WORKER_NICE, "inference worker")

@@ -1,7 +1,8 @@
 """A real RTSP server on 127.0.0.1 for the reconnection tests: GStreamer's gst-rtsp-server, through
 Debian's python3-gi (run with the system Python: `/usr/bin/python3 tests/rtsp_server.py PORT`).
 
-Serves rtsp://127.0.0.1:PORT/live: a 320x240, 25 fps moving test pattern as RTP/JPEG.
+Serves rtsp://127.0.0.1:PORT/live: a 320x240, 25 fps moving test pattern as RTP/JPEG. PORT 0 lets the
+system pick one; the server prints "ready PORT" with the port it bound.
 """
 
 import sys
@@ -27,7 +28,7 @@ def main() -> None:
     server.get_mount_points().add_factory("/live", factory)
     if server.attach(None) == 0:
         sys.exit(f"cannot listen on 127.0.0.1:{sys.argv[1]}")
-    print("ready", flush=True)
+    print(f"ready {server.get_bound_port()}", flush=True)
     GLib.MainLoop().run()
 
 

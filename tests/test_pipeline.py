@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import (REPO, count_video_frames, free_port, parse_metrics, perceptd_cmd, perceptd_env,
+from tests.conftest import (REPO, count_video_frames, metrics_port, parse_metrics, perceptd_cmd, perceptd_env,
                             read_jsonl, run_perceptd)
 
 
@@ -53,10 +53,11 @@ def start(config: Path, cache_dir: Path, log: Path, *extra: str) -> subprocess.P
 
 
 def test_run_when_given_the_carphone_clip_processes_every_frame_once(carphone, tmp_path, cache_dir):
-    out, port = tmp_path / "out", free_port()
-    cfg = write_config(tmp_path / "c.yaml", [{"name": "car", "uri": str(carphone)}], out, port, linger=30)
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "c.yaml", [{"name": "car", "uri": str(carphone)}], out, 0, linger=30)
     log = tmp_path / "log.txt"
     proc = start(cfg, cache_dir, log)
+    port = metrics_port(log, proc)
     try:
         key = 'perceptd_frames_processed_total{source="car"}'
         metrics = wait_for(lambda: (m := scrape(port)).get(key) == 120 and m, 120, "120 processed frames", proc)
@@ -108,12 +109,13 @@ def test_run_when_two_sources_share_one_worker(carphone, astronaut_clip, tmp_pat
 def test_run_when_a_live_source_outpaces_the_worker_drops_oldest_and_latency_stays_bounded(
         carphone, tmp_path, cache_dir):
     """carphone paced at 8x its frame rate (240 fps) into a worker slowed to ~30 fps by a 640x640 input."""
-    out, port = tmp_path / "out", free_port()
+    out = tmp_path / "out"
     src = {"name": "fast", "uri": str(carphone), "realtime": True, "speed": 8, "loop": True, "max_frames": 480}
-    cfg = write_config(tmp_path / "c.yaml", [src], out, port, linger=30,
+    cfg = write_config(tmp_path / "c.yaml", [src], out, 0, linger=30,
                        model={"input_size": [640, 640]}, pipeline={"queue_size": 2})
     log = tmp_path / "log.txt"
     proc = start(cfg, cache_dir, log)
+    port = metrics_port(log, proc)
     try:
         key = 'perceptd_frames_captured_total{source="fast"}'
         wait_for(lambda: scrape(port).get(key) == 480 and (out / "fast.jsonl").exists(), 120, "480 frames", proc)
@@ -128,22 +130,23 @@ def test_run_when_a_live_source_outpaces_the_worker_drops_oldest_and_latency_sta
     assert len(records) + dropped + metrics['perceptd_frames_dropped_total{reason="pipeline_full",source="fast"}'] == 480
     frames = [r["frame"] for r in records]
     assert frames == sorted(set(frames)) and len(frames) < 480  # in order, gaps where frames were dropped
-    # Bounded: a blocking queue would make latency grow with every frame (~480 frames behind at the
-    # end); dropping keeps it to a few frames' worth. Compare the end of the run with its start.
-    totals = [r["latency_ms"]["total"] for r in records]
-    quarter = max(1, len(totals) // 4)
-    early, late = sorted(totals[:quarter])[quarter // 2], sorted(totals[-quarter:])[quarter // 2]
-    assert late < 3 * early + 100, (early, late)
-    assert max(r["latency_ms"]["queue"] for r in records[-quarter:]) < 2000
+    # Bounded, by construction rather than by the clock: the worker is always given the newest frame, so
+    # no backlog builds up. A blocking queue would still be working through early frames when capture
+    # ended; here the last frame processed is among the last few captured (at most the queue, one frame
+    # at the worker and one being decoded behind it), and the processed frames spread over the whole run.
+    assert frames[-1] >= 480 - (2 + 1 + 2)
+    quarters = [sum(1 for f in frames if q * 120 <= f < (q + 1) * 120) for q in range(4)]
+    assert all(quarters), quarters
 
 
 def test_run_when_the_worker_is_killed_restarts_it_and_completes(carphone, tmp_path, cache_dir):
-    out, port = tmp_path / "out", free_port()
+    out = tmp_path / "out"
     src = {"name": "car", "uri": str(carphone), "realtime": True, "speed": 2, "loop": True, "max_frames": 360}
     # Paced (so there is time to kill the worker) but blocking: the only frames lost are those in flight.
-    cfg = write_config(tmp_path / "c.yaml", [src], out, port, linger=30, pipeline={"drop_policy": "block"})
+    cfg = write_config(tmp_path / "c.yaml", [src], out, 0, linger=30, pipeline={"drop_policy": "block"})
     log = tmp_path / "log.txt"
     proc = start(cfg, cache_dir, log)
+    port = metrics_port(log, proc)
     try:
         pid = int(wait_for(lambda: re.search(r"worker (\d+) ready", log.read_text()), 60, "worker", proc).group(1))
         wait_for(lambda: scrape(port).get('perceptd_frames_processed_total{source="car"}', 0) >= 30, 60,

@@ -10,9 +10,20 @@ import cv2
 import numpy as np
 
 from pipeline.frame import Frame
+from pipeline.metrics import Metrics
 from pipeline.sinks.files import VideoFileSink
+from pipeline.sinks.guard import SinkGuard
+from pipeline.sinks.outdir import OutputDir
 from pipeline.sinks.recorder import RECORDER_NICE, Recorder
 from tests.conftest import count_video_frames
+
+
+def recorder(directory, release, observe, fourcc="MJPG", ext=".avi", retry_s=5.0):
+    out = OutputDir(directory)
+    out.open()
+    metrics = Metrics()
+    video = VideoFileSink(out, "car", out.claim("car", (ext,)), fourcc, ext, lambda: 30.0)
+    return Recorder("car", video, release, observe, SinkGuard("car", "video", metrics, retry_s)), metrics
 
 
 def frames_of(clip, n: int) -> list[Frame]:
@@ -35,8 +46,7 @@ def test_recorder_when_fed_frames_writes_them_in_order_and_releases_each_once(ca
         with lock:
             released.append(frame.index)
 
-    video = VideoFileSink(tmp_path / "car.avi", "MJPG", lambda: 30.0)
-    rec = Recorder("car", video, release, times.append)
+    rec, _ = recorder(tmp_path, release, times.append)
     rec.start()
     for f in frames:
         rec.put(f)
@@ -48,7 +58,7 @@ def test_recorder_when_fed_frames_writes_them_in_order_and_releases_each_once(ca
         time.sleep(0.01)
     assert os.getpriority(os.PRIO_PROCESS, rec._thread.native_id) == want
     rec.close()
-    assert rec.error is None
+    assert rec.guard.up and rec.video.files == [tmp_path / "car.avi"]
     assert released == list(range(40))
     assert len(times) == 40 and all(t > 0 for t in times)
     assert count_video_frames(tmp_path / "car.avi") == 40
@@ -63,15 +73,43 @@ def test_recorder_when_fed_frames_writes_them_in_order_and_releases_each_once(ca
     assert not list(tmp_path.glob(".*partial*"))
 
 
-def test_recorder_when_the_video_cannot_be_written_reports_it_and_still_frees_every_slot(carphone, tmp_path):
-    frames = frames_of(carphone, 10)
+def test_recorder_when_the_directory_vanishes_pauses_frees_every_slot_and_resumes_in_a_new_file(carphone, tmp_path):
+    """An unmounted disk, say: writes fail, the recording pauses (counted), every slot still comes back, and
+    once the directory is back the next retry records into a new file; the first file stays whole."""
+    frames = frames_of(carphone, 30)
     released = []
-    video = VideoFileSink(tmp_path / "car.mp4", "ZZZZ", lambda: 30.0)  # no such codec: opening fails
-    rec = Recorder("car", video, lambda f: released.append(f.index), lambda t: None)
+    directory = tmp_path / "out"
+    directory.mkdir()
+    rec, metrics = recorder(directory, lambda f: released.append(f.index), lambda t: None, retry_s=0.2)
     rec.start()
-    for f in frames:
+    for f in frames[:10]:
+        rec.put(f)
+    wait = time.monotonic() + 10
+    while len(released) < 10 and time.monotonic() < wait:
+        time.sleep(0.01)
+    rec.video.close()  # the first file, finalised
+    first = directory / "car.avi"
+    assert count_video_frames(first) == 10
+    kept = directory.with_name("kept")
+    directory.rename(kept)  # gone: the next file cannot be created
+    for f in frames[10:20]:
+        rec.put(f)
+    while len(released) < 20 and time.monotonic() < wait:
+        time.sleep(0.01)
+    assert not rec.guard.up and "No such file" in rec.guard.error
+    value = metrics.registry.get_sample_value
+    assert value("perceptd_sink_up", {"source": "car", "sink": "video"}) == 0
+    assert value("perceptd_sink_errors_total", {"source": "car", "sink": "video"}) >= 1
+    kept.rename(directory)
+    time.sleep(0.3)  # past retry_s: the next frame is tried again
+    for f in frames[20:]:
         rec.put(f)
     rec.close()
-    assert rec.error is not None and "sinks.video.fourcc" in str(rec.error)
-    assert sorted(released) == list(range(10))
-    assert not (tmp_path / "car.mp4").exists()
+    assert sorted(released) == list(range(30))
+    assert rec.guard.up
+    skipped = value("perceptd_sink_frames_skipped_total", {"source": "car", "sink": "video"})
+    assert skipped == 10
+    second = [p for p in rec.video.files if p != first]
+    assert len(second) == 1 and second[0].name.startswith("car.") and count_video_frames(second[0]) == 10
+    assert count_video_frames(first) == 10
+    assert not list(directory.glob(".*partial*"))

@@ -37,4 +37,4 @@ def test_retention_when_over_the_disk_budget_deletes_oldest_first_until_under(tm
 def test_retention_when_no_limit_is_set_deletes_nothing(tmp_path):
     now = time.time()
     f = make(tmp_path / "cam.mp4", 10, 365, now)
-    assert enforce(tmp_path, 0, 0, now) == [] and f.exists()
+    assert enforce(tmp_path, 0, 0, now=now) == [] and f.exists()

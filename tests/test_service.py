@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port, perceptd_cmd, perceptd_env, read_jsonl
+from tests.conftest import REPO, metrics_port, perceptd_cmd, perceptd_env, read_jsonl
 from tests.test_pipeline import scrape, wait_for
 
 
@@ -84,31 +84,18 @@ class NotifySocket:
 
 
 def test_notify_when_under_systemd_sends_ready_watchdog_status_and_stopping(carphone, tmp_path, cache_dir):
+    """The protocol itself. What the pings do when things go wrong (a hung worker, stuck reads, a worker that
+    cannot start, a reload) is in test_faults_*."""
     notify = NotifySocket(tmp_path / "notify.sock")
     src = {"name": "car", "uri": str(carphone), "loop": True, "realtime": True}
-    cfg = config(tmp_path / "c.yaml", [src], tmp_path / "out", free_port())
+    cfg = config(tmp_path / "c.yaml", [src], tmp_path / "out", 0)
     log = tmp_path / "log.txt"
     proc = start(cfg, cache_dir, log, {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"})
     try:
         wait_for(lambda: notify.with_key("READY"), 60, "READY=1", proc)
-        pid = worker_pid(log, proc)
-        time.sleep(2.5)
-        flowing = notify.with_key("WATCHDOG", since=time.monotonic() - 2)
-        assert len(flowing) >= 2, notify.messages  # pinged every half period while frames flow
-        status = notify.with_key("STATUS")
-        assert any(re.search(r"car up \d+\.\d fps", m) for m in status), status
-
-        os.kill(pid, signal.SIGSTOP)  # a hung worker: frames pile up, none come back
-        try:
-            time.sleep(1.5)  # one watchdog period for the stall to show
-            frozen_at = time.monotonic()
-            time.sleep(2.0)
-            assert notify.with_key("WATCHDOG", since=frozen_at) == [], "pinged while the worker was frozen"
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        resumed_at = time.monotonic()
-        wait_for(lambda: notify.with_key("WATCHDOG", since=resumed_at), 10, "pings after the worker thawed", proc)
-
+        wait_for(lambda: len(notify.with_key("WATCHDOG")) >= 3, 30, "pings while frames flow", proc)
+        wait_for(lambda: any(re.search(r"car up \d+\.\d fps", m) for m in notify.with_key("STATUS")), 30,
+                 "STATUS= with the source's state and rate", proc)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, log.read_text()[-3000:]
         assert notify.with_key("STOPPING")
@@ -116,7 +103,9 @@ def test_notify_when_under_systemd_sends_ready_watchdog_status_and_stopping(carp
         if proc.poll() is None:
             proc.kill()
         notify.close()
-    assert "not pinging" in log.read_text()
+    messages = [m for _, m in notify.messages]
+    assert messages.index(notify.with_key("READY")[0]) < messages.index(notify.with_key("STOPPING")[0])
+    assert "not pinging" not in log.read_text()
 
 
 def test_notify_when_no_socket_is_set_does_nothing():
@@ -152,37 +141,38 @@ def rtsp_server_available() -> bool:
     return probe.returncode == 0
 
 
-def start_rtsp(port: int) -> subprocess.Popen:
+def start_rtsp(port: int = 0) -> tuple[subprocess.Popen, int]:
+    """The RTSP server on `port` (0: one the system picks); returns it with the port it bound."""
     server = subprocess.Popen(["/usr/bin/python3", str(REPO / "tests" / "rtsp_server.py"), str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert server.stdout.readline().strip() == "ready"
-    return server
+    word, _, bound = server.stdout.readline().strip().partition(" ")
+    assert word == "ready" and bound.isdigit()
+    return server, int(bound)
 
 
 def test_rtsp_source_when_the_server_dies_and_returns_reconnects_while_others_go_on(carphone, tmp_path,
                                                                                    cache_dir):
     need(rtsp_server_available(), "GStreamer's RTSP server (gir1.2-gst-rtsp-server-1.0, python3-gi)")
-    rtsp_port, port = free_port(), free_port()
-    server = start_rtsp(rtsp_port)
+    server, rtsp_port = start_rtsp()
     sources = [{"name": "cam", "uri": f"rtsp://viewer:pw123@127.0.0.1:{rtsp_port}/live", "stall_timeout_s": 5},
                {"name": "car", "uri": str(carphone), "loop": True, "realtime": True}]
-    cfg = config(tmp_path / "c.yaml", sources, tmp_path / "out", port,
+    cfg = config(tmp_path / "c.yaml", sources, tmp_path / "out", 0,
                  pipeline={"reconnect_initial_s": 0.5, "reconnect_max_s": 2})
     log = tmp_path / "log.txt"
     proc = start(cfg, cache_dir, log)
+    port = metrics_port(log, proc)
     cam, car = 'perceptd_frames_processed_total{source="cam"}', 'perceptd_frames_processed_total{source="car"}'
     try:
         wait_for(lambda: scrape(port).get(cam, 0) >= 25, 60, "frames from the RTSP camera", proc)
         server.kill()
         server.wait()
         wait_for(lambda: scrape(port)['perceptd_source_up{source="cam"}'] == 0, 30, "the camera marked down", proc)
-        time.sleep(1)  # frames decoded before the drop finish their way through
+        wait_for(lambda: "retrying in" in log.read_text(), 30, "a failed reconnect", proc)
         down = scrape(port)
-        time.sleep(3)  # a few failed reconnects while the server is away
-        during = scrape(port)
-        assert during[car] > down[car] + 30, "the file source stalled while the camera was down"
+        # The file source goes on while the camera is away: 30 more of its frames, none of the camera's.
+        during = wait_for(lambda: (m := scrape(port))[car] >= down[car] + 30 and m, 60, "frames from the file", proc)
         assert during[cam] == down[cam]
-        server = start_rtsp(rtsp_port)
+        server, _ = start_rtsp(rtsp_port)  # back on the camera's own address
         back = wait_for(lambda: (m := scrape(port))['perceptd_source_up{source="cam"}'] == 1 and m, 30,
                         "the camera back up", proc)
         assert back['perceptd_source_reconnects_total{source="cam"}'] >= 1
@@ -204,16 +194,17 @@ def test_rtsp_source_when_the_server_dies_and_returns_reconnects_while_others_go
 
 def test_reload_when_sighup_brings_a_new_threshold_and_source_applies_both_without_a_new_worker(
         carphone, astronaut_clip, tmp_path, cache_dir):
-    out, port = tmp_path / "out", free_port()
+    out = tmp_path / "out"
     car = {"name": "car", "uri": str(carphone), "loop": True, "realtime": True}
-    cfg = config(tmp_path / "c.yaml", [car], out, port, model={"confidence": 0.9999})
+    cfg = config(tmp_path / "c.yaml", [car], out, 0, model={"confidence": 0.9999})
     log = tmp_path / "log.txt"
     proc = start(cfg, cache_dir, log)
+    port = metrics_port(log, proc)
     key = 'perceptd_frames_processed_total{source="car"}'
     try:
         wait_for(lambda: scrape(port).get(key, 0) >= 30, 60, "frames before the reload", proc)
         astro = {"name": "astro", "uri": str(astronaut_clip), "loop": True, "realtime": True}
-        config(cfg, [car, astro], out, port, model={"confidence": 0.5})
+        config(cfg, [car, astro], out, 0, model={"confidence": 0.5})
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "thresholds updated" in log.read_text(), 30, "the reload", proc)
         reloaded_at = scrape(port)[key]
@@ -246,11 +237,11 @@ def test_reload_when_sighup_brings_a_new_threshold_and_source_applies_both_witho
 
 def test_health_when_running_reports_ready_and_sources_and_503_while_the_worker_restarts(carphone, tmp_path,
                                                                                            cache_dir):
-    port = free_port()
     src = {"name": "car", "uri": str(carphone), "loop": True, "realtime": True}
-    cfg = config(tmp_path / "c.yaml", [src], tmp_path / "out", port, pipeline={"restart_backoff_s": 2})
+    cfg = config(tmp_path / "c.yaml", [src], tmp_path / "out", 0, pipeline={"restart_backoff_s": 2})
     log = tmp_path / "log.txt"
     proc = start(cfg, cache_dir, log)
+    port = metrics_port(log, proc)
 
     def get(path):
         try:

@@ -1,16 +1,18 @@
 """Output files: the annotated video and the JSONL events.
 
-Both are written under a temporary name and moved into place when finalised, so an existing output is
-only ever replaced by a complete one, and a run that fails at start-up leaves earlier outputs untouched.
+Both are written under a partial name and moved into place when finalised (outdir.py), so the file under a
+final name is always complete, and nothing ever replaces an earlier output. A write that fails (disk full,
+permissions, I/O error) raises OSError after closing the current file as well as it can: the source's
+SinkGuard pauses the output, and the next write after it opens a new file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -18,69 +20,136 @@ import cv2
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.sinks.outdir import UNFINISHED, OutputDir, _plays, check_output_dir, free_bytes, partial_of
 
 log = logging.getLogger(__name__)
 
+SPACE_CHECK_NS = 1_000_000_000  # statvfs once a second per file, not per frame
 
-def check_output_dir(path: Path) -> Path:
-    """Create the output directory (or fail with a one-line fix) before any work starts."""
-    path = Path(path).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"output directory {path}: cannot create it ({exc.strerror}); pass --output with a "
-                        "writable directory") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"output directory {path}: not writable by this user; pass --output with a writable "
-                        "directory")
-    return path
+__all__ = ["EventsSink", "VideoFileSink", "check_output_dir", "probe_video_codec"]
 
 
-class _AtomicFile:
-    def __init__(self, final: Path):
-        self.final = Path(final)
-        self.partial = self.final.with_name(f".{self.final.stem}.partial{self.final.suffix}")
-
-    def commit(self) -> None:
-        if self.partial.exists():
-            os.replace(self.partial, self.final)
+def disk_full(directory: Path, free: int, reserve: int) -> OSError:
+    return OSError(errno.ENOSPC, f"{free / 1e6:.0f} MB free in {directory}, under sinks.reserve_mb "
+                                 f"({reserve / 1e6:.0f} MB); free space there (or lower sinks.max_disk_gb)")
 
 
-class _Segmented(_AtomicFile):
-    """An output cut into files of `segment_s` seconds: `<stem><ext>`, then `<stem>.<date>-<time><ext>`.
+def probe_video_codec(directory: Path, fourcc: str, extension: str) -> None:
+    """Fail at start-up, not at the first frame, when this OpenCV cannot write `fourcc` into `extension`."""
+    probe = directory / f".perceptd-probe{extension}"
+    writer = cv2.VideoWriter(str(probe), cv2.VideoWriter_fourcc(*fourcc), 25.0, (64, 64))
+    ok = writer.isOpened()
+    writer.release()
+    probe.unlink(missing_ok=True)
+    if not ok:
+        raise UserError(f"sinks.video.fourcc: this OpenCV cannot write {fourcc!r} into {extension} files; use one "
+                        "it supports (mp4v, MJPG, XVID)")
 
-    Each file is finalised (renamed into place) as it closes, so operators can open it while the daemon
-    runs and retention can delete old ones; for video it also bounds memory, since a muxer keeps every
-    frame's index entry until its file is closed (~0.1 KB a frame, for months otherwise).
+
+class _Segmented:
+    """An output cut into files of `segment_s` seconds. The first file takes the stem the source claimed
+    for all its outputs; each later one claims `<name>.<date>-<time>` for itself (outdir.OutputDir.claim).
+
+    Each file is finalised as it closes, so operators can open it while the daemon runs and retention can
+    delete old ones; for video it also bounds memory, since a muxer keeps every frame's index entry until
+    its file is closed (~0.1 KB a frame, for months otherwise).
     """
 
-    def __init__(self, final: Path, segment_s: float):
-        super().__init__(final)
-        self._first = Path(final)
+    def __init__(self, out: OutputDir, name: str, stem: str, suffix: str, segment_s: float = 0.0,
+                 reserve_bytes: int = 0):
+        self._out = out
+        self._name = name
+        self._first_stem: str | None = stem
+        self.suffix = suffix
         self._segment_ns = int(segment_s * 1e9)
+        self._reserve = reserve_bytes
         self._opened_ns = 0
+        self._next_space_check = 0
+        self.final: Path | None = None  # the open file's final name
         self.files: list[Path] = []  # finalised so far
+        self.unfinalised: list[tuple[Path, Path, str]] = []  # closed, but the rename was refused: retried
+
+    @property
+    def partial(self) -> Path:
+        return partial_of(self.final)
 
     def _is_open(self) -> bool:
         raise NotImplementedError
 
-    def _rotate_if_due(self) -> None:
-        if self._is_open() and self._segment_ns and time.monotonic_ns() - self._opened_ns >= self._segment_ns:
-            self.close()
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            _AtomicFile.__init__(self, self._first.with_name(f"{self._first.stem}.{stamp}{self._first.suffix}"))
+    def _open_file(self) -> None:
+        raise NotImplementedError
 
-    def _finalised(self, what: str) -> None:
-        self.commit()
-        self.files.append(self.final)
-        log.info("wrote %s (%s)", self.final, what)
+    def _close_file(self) -> str:
+        """Flush and close the open file; returns what it holds, for the log."""
+        raise NotImplementedError
+
+    def _ensure_open(self) -> None:
+        now = time.monotonic_ns()
+        if self._is_open() and self._segment_ns and now - self._opened_ns >= self._segment_ns:
+            self.close()
+        if self.unfinalised:
+            self._finalise_pending()
+        if self._reserve and (now >= self._next_space_check or not self._is_open()):
+            self._next_space_check = now + SPACE_CHECK_NS
+            free = free_bytes(self._out.path)
+            if free < self._reserve:  # stop while the file can still be finalised, not at the last byte
+                raise disk_full(self._out.path, free, self._reserve)
+        if not self._is_open():
+            if self._first_stem is not None:
+                stem, self._first_stem = self._first_stem, None
+            else:
+                stem = self._out.claim(self._name, (self.suffix,), stamped=True)
+            self.final = self._out.path / f"{stem}{self.suffix}"
+            # Created here, so a refusal (EACCES, EROFS, ENOSPC) is an OSError that names the file.
+            with open(self.partial, "xb"):
+                pass
+            self._open_file()
+            self._opened_ns = now
+
+    def write_guarded(self, write: Callable[[], None]) -> None:
+        """Run one write; on failure close what is open (finalising what it holds) and re-raise."""
+        try:
+            self._ensure_open()
+            write()
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        try:
+            self.close()
+        except OSError as exc:
+            log.debug("closing %s after a failed write: %s", self.final, exc)
+
+    def close(self) -> None:
+        """Finalise the open file (and any whose rename was refused before). OSError if the file system
+        still refuses: the partial file stays, and the next start recovers it if nothing here manages to."""
+        if self._is_open():
+            what = self._close_file()
+            self.unfinalised.append((self.partial, self.final, what))
+        self._finalise_pending()
+
+    def _finalise_pending(self) -> None:
+        while self.unfinalised:
+            partial, final, what = self.unfinalised[0]
+            if not partial.exists():  # nothing was ever written to it
+                self.unfinalised.pop(0)
+                continue
+            if self.suffix != ".jsonl" and not _plays(partial):
+                final = final.with_name(f"{final.stem}{UNFINISHED}{final.suffix}")
+                log.error("%s does not play (the encoder could not finish it); kept as %s", partial.name, final.name)
+            landed = self._out.finalise(partial, final)
+            self.unfinalised.pop(0)
+            self.files.append(landed)
+            log.info("wrote %s (%s)", landed, what)
 
 
 class VideoFileSink(_Segmented):
     """Annotated frames into a video container; opened at the first frame (its size is known then)."""
 
-    def __init__(self, final: Path, fourcc: str, fps: Callable[[], float], segment_s: float = 0.0):
-        super().__init__(final, segment_s)
+    def __init__(self, out: OutputDir, name: str, stem: str, fourcc: str, extension: str,
+                 fps: Callable[[], float], segment_s: float = 0.0, reserve_bytes: int = 0):
+        super().__init__(out, name, stem, extension, segment_s, reserve_bytes)
         self.fourcc = fourcc
         self._fps = fps
         self._writer: cv2.VideoWriter | None = None
@@ -91,53 +160,67 @@ class VideoFileSink(_Segmented):
         return self._writer is not None
 
     def write(self, image: np.ndarray) -> None:
-        h, w = image.shape[:2]
-        self._rotate_if_due()
-        if self._writer is None:
-            self._size = self._size or (w, h)  # segments keep the first size: players expect one
-            fps = self._fps() or 25.0  # streams that do not say play back at a common camera rate
-            self._writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*self.fourcc), fps, self._size)
-            if not self._writer.isOpened():
-                self._writer = None
-                raise UserError(f"cannot write video {self.final} with codec {self.fourcc!r}; set "
-                                "sinks.video.fourcc to one this OpenCV supports (mp4v, MJPG, XVID)")
-            self._opened_ns = time.monotonic_ns()
-            self.frames = 0
-        if (w, h) != self._size:  # a stream that changed resolution: keep one size, scale into it
+        if self._size is None:  # segments keep the first size: players expect one
+            self._size = (image.shape[1], image.shape[0])
+        self.write_guarded(lambda: self._write(image))
+
+    def _open_file(self) -> None:
+        fps = self._fps() or 25.0  # streams that do not say play back at a common camera rate
+        writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*self.fourcc), fps, self._size)
+        if not writer.isOpened():
+            raise OSError(errno.EIO, f"OpenCV cannot open {self.partial} for writing with codec {self.fourcc!r}")
+        self._writer = writer
+        self.frames = 0
+
+    def _write(self, image: np.ndarray) -> None:
+        if (image.shape[1], image.shape[0]) != self._size:  # a stream that changed resolution: one size a file
             image = cv2.resize(image, self._size)
         self._writer.write(image)
         self.frames += 1
 
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()  # writes the index (moov atom): the file is playable from here on
-            self._writer = None
-            self._finalised(f"{self.frames} frames")
+    def _close_file(self) -> str:
+        self._writer.release()  # writes the index (moov atom): the file is playable from here on
+        self._writer = None
+        return f"{self.frames} frames"
 
 
 class EventsSink(_Segmented):
-    """One JSON object per processed frame, one line each, flushed per line (tail -f friendly)."""
+    """One JSON object per processed frame, one line each, written whole with one system call per line
+    (tail -f friendly); a failed write is cut back to the last whole line before the file is closed."""
 
-    def __init__(self, final: Path, segment_s: float = 0.0):
-        super().__init__(final, segment_s)
-        self._f = None  # opened at the first frame: a source that never delivers replaces nothing
+    def __init__(self, out: OutputDir, name: str, stem: str, segment_s: float = 0.0, reserve_bytes: int = 0):
+        super().__init__(out, name, stem, ".jsonl", segment_s, reserve_bytes)
+        self._fd: int | None = None  # opened at the first frame: a source that never delivers writes nothing
+        self._good = 0  # bytes of whole lines in the open file
         self.lines = 0  # in the current file
 
     def _is_open(self) -> bool:
-        return self._f is not None and not self._f.closed
+        return self._fd is not None
+
+    def _open_file(self) -> None:
+        self._fd = os.open(self.partial, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._good = 0
+        self.lines = 0
 
     def write(self, record: dict) -> None:
-        self._rotate_if_due()
-        if not self._is_open():
-            self._f = open(self.partial, "w", encoding="utf-8", buffering=1)
-            self._opened_ns = time.monotonic_ns()
-            self.lines = 0
-        self._f.write(json.dumps(record, separators=(",", ":")) + "\n")
+        data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        self.write_guarded(lambda: self._write(data))
+
+    def _write(self, data: bytes) -> None:
+        try:
+            done = os.write(self._fd, data)
+            while done < len(data):  # a short write (a full disk answers with one first)
+                done += os.write(self._fd, data[done:])
+        except OSError:
+            os.ftruncate(self._fd, self._good)  # never leave half a line
+            raise
+        self._good += len(data)
         self.lines += 1
 
-    def close(self) -> None:
-        if self._is_open():
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
-            self._finalised(f"{self.lines} lines")
+    def _close_file(self) -> str:
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return f"{self.lines} lines"

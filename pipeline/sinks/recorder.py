@@ -4,7 +4,8 @@ are published.
 Encoding a 720p frame with mp4v costs about 5 ms of CPU, as much as the rest of the sink. Done in the sink
 thread it delayed every event and preview by that much, and the next frame's results waited behind it. The
 recorder owns a frame's slot until the frame is written, so a recorder that cannot keep up holds slots and
-slows a file's reader (or makes a live source drop): it never loses a frame it was given.
+slows a file's reader (or makes a live source drop): it never loses a frame it was given. A write that
+fails pauses the recording through its SinkGuard; the slots keep flowing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Callable
 from pipeline.frame import Frame
 from pipeline.resources import lower_priority
 from pipeline.sinks.files import VideoFileSink
+from pipeline.sinks.guard import SinkGuard
 
 log = logging.getLogger(__name__)
 
@@ -28,30 +30,28 @@ RECORDER_NICE = 10
 
 class Recorder:
     def __init__(self, name: str, video: VideoFileSink, release: Callable[[Frame], None],
-                 observe: Callable[[float], None]):
+                 observe: Callable[[float], None], guard: SinkGuard):
         """`release` frees a frame's slot once written; `observe` gets each frame's write time in seconds."""
         self.name = name
         self.video = video
+        self.guard = guard
         self._release = release
         self._observe = observe
         self._q: queue.Queue = queue.Queue()  # bounded upstream by the source's slots
         self._thread = threading.Thread(target=self._run, name=f"record-{name}", daemon=True)
-        self.error: BaseException | None = None
 
     def start(self) -> None:
         self._thread.start()
 
     def put(self, frame: Frame) -> None:
         """Takes over the frame's slot."""
-        if self.error is not None:  # failed: keep the slots flowing; the runner stops on .error
-            self._release(frame)
-            return
         self._q.put(frame)
 
     def close(self) -> None:
-        """Write what is queued, then finalise the file."""
-        self._q.put(None)
-        self._thread.join()
+        """Write what is queued, then finalise the file (OSError when the file system refuses)."""
+        if self._thread.ident is not None:  # started
+            self._q.put(None)
+            self._thread.join()
         self.video.close()
 
     def _run(self) -> None:
@@ -61,12 +61,8 @@ class Recorder:
             if frame is None:
                 return
             try:
-                if self.error is None:
-                    t0 = time.monotonic_ns()
-                    self.video.write(frame.image)
+                t0 = time.monotonic_ns()
+                if self.guard.run(lambda: self.video.write(frame.image)):
                     self._observe((time.monotonic_ns() - t0) * 1e-9)
-            except BaseException as exc:  # the runner sees .error and stops with exit 1
-                self.error = exc
-                log.exception("source '%s': recording failed", self.name)
             finally:
                 self._release(frame)

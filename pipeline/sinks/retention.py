@@ -1,9 +1,11 @@
-"""Output retention: finalised videos and event logs older than a limit, or beyond a disk budget, are
-deleted oldest first, so a daemon that runs for months never fills its disk."""
+"""Output retention: finalised videos and event logs older than a limit, beyond a disk budget, or while the
+file system is short of free space, are deleted oldest first, so a daemon that runs for months never fills
+its disk."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -12,15 +14,17 @@ log = logging.getLogger(__name__)
 OUTPUT_SUFFIXES = (".mp4", ".avi", ".mkv", ".jsonl")
 
 
-def enforce(directory: Path, max_age_days: float, max_gb: float, now: float | None = None) -> list[Path]:
-    """Delete finalised outputs in `directory` past either limit (0 = no limit); returns what was deleted.
+def enforce(directory: Path, max_age_days: float, max_gb: float, min_free_percent: float = 0.0,
+            now: float | None = None, usage=None) -> list[Path]:
+    """Delete finalised outputs in `directory` past any limit (0 = no limit); returns what was deleted.
 
     Files being written are `.<name>.partial.*` (dot files) and are never touched; nor is anything that
-    is not a perceptd output.
+    does not have an output's suffix. `usage()` gives (free, total) bytes of the file system (statvfs).
     """
-    if max_age_days <= 0 and max_gb <= 0:
+    if max_age_days <= 0 and max_gb <= 0 and min_free_percent <= 0:
         return []
     now = time.time() if now is None else now
+    usage = usage or (lambda: _usage(directory))
     files = []
     for p in Path(directory).iterdir():
         if p.name.startswith(".") or p.suffix not in OUTPUT_SUFFIXES or not p.is_file():
@@ -31,10 +35,14 @@ def enforce(directory: Path, max_age_days: float, max_gb: float, now: float | No
     deleted: list[Path] = []
     total = sum(size for _, size, _ in files)
     budget = max_gb * 1e9
+    free, capacity = usage() if min_free_percent > 0 else (0, 0)
+    want_free = capacity * min_free_percent / 100
+    short = 0.0
     for mtime, size, p in files:
         too_old = max_age_days > 0 and now - mtime > max_age_days * 86400
         too_big = max_gb > 0 and total > budget
-        if not (too_old or too_big):
+        too_full = min_free_percent > 0 and free + short < want_free
+        if not (too_old or too_big or too_full):
             continue
         try:
             p.unlink()
@@ -42,8 +50,14 @@ def enforce(directory: Path, max_age_days: float, max_gb: float, now: float | No
             log.warning("retention: cannot delete %s (%s)", p, exc)
             continue
         total -= size
+        short += size  # counted, not re-measured: the file system frees blocks lazily
         deleted.append(p)
     if deleted:
         log.info("retention: deleted %d old output file(s) from %s, %.2f GB left", len(deleted), directory,
                  total / 1e9)
     return deleted
+
+
+def _usage(directory: Path) -> tuple[int, int]:
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize

@@ -36,12 +36,17 @@ def resolve_sample(uri: str) -> Path:
 
 
 class FileSource(VideoSource):
+    """A video file, or a named pipe (FIFO) another program streams into (e.g. `ffmpeg ... -f mpegts
+    /run/cam.fifo`): a pipe is live, since it cannot be rewound and its reads wait on the writer."""
+
     kind = "file"
     live = False
 
     def __init__(self, uri: str, name: str):
         super().__init__(uri, name)
         self.path = resolve_sample(uri) if uri.startswith("sample:") else Path(uri).expanduser()
+        self.live = self.path.is_fifo()
+        self.kind = "pipe" if self.live else "file"
 
     def check(self) -> None:
         """Cheap checks with precise messages before OpenCV gets a chance to be vague."""
@@ -52,6 +57,8 @@ class FileSource(VideoSource):
             raise SourceError(f"source '{self.name}': {p} is a directory, not a video file")
         if not os.access(p, os.R_OK):
             raise SourceError(f"source '{self.name}': {p} is not readable by this user; fix its permissions")
+        if self.live:
+            return  # a pipe has no size, and peeking at its first bytes would take them from the stream
         if p.stat().st_size == 0:
             raise SourceError(f"source '{self.name}': {p} is empty; give a video file")
         if cv2.haveImageReader(str(p)):
