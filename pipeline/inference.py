@@ -79,6 +79,7 @@ class Inference:
         self._staged: WorkerClient | None = None  # loaded beside the running worker, waiting to take over
         self._stage_cancel: threading.Event | None = None
         self._replace_spec: WorkerSpec | None = None  # a reload that stops the running worker first
+        self._params_since_stage = False  # thresholds reloaded after the newest stage() call
         self._threads: list[threading.Thread] = []
 
     # lifecycle -------------------------------------------------------------------------------------------
@@ -140,17 +141,19 @@ class Inference:
         return None
 
     def set_params(self, params) -> None:
-        """New thresholds: the running worker gets them between batches, the next one from its spec."""
+        """New thresholds: the running worker gets them between batches, the next one from its spec, and a
+        reload's worker when it takes over (_swap)."""
         self.spec = dataclasses.replace(self.spec, params=params)
-        if self._staged is None:
-            self.worker.spec = self.spec
-            self.worker.send_params(params)
+        self.worker.spec = self.spec
+        self.worker.send_params(params)
+        self._params_since_stage = True
 
     def stage(self, spec: WorkerSpec) -> None:
         """A reload's new model or engine: prepared without stopping the running worker (see module doc).
         A reload that comes while another is loading replaces it."""
         if self._stage_cancel is not None:
             self._stage_cancel.set()
+        self._params_since_stage = False  # `spec` carries the newest thresholds
         with self._cond:
             if self._staged is not None:
                 self._staged.stop()
@@ -344,7 +347,8 @@ class Inference:
                     self._replace_spec = spec
                     self._cond.notify_all()
                 return
-            self.state = "ready" if self.ready else self.state
+            if self.ready:
+                self.state = "ready"
             self._reload_done("failed", f"the new model did not load, the running one stays: {exc}")
             return
         with self._cond:
@@ -363,6 +367,7 @@ class Inference:
         old = self.worker
         if staged is not None:
             threading.Thread(target=old.stop, name="old-worker-stop", daemon=True).start()
+            self._newest_params(staged)
             self.spec = staged.spec
             self.worker = staged
             self._ready()
@@ -381,10 +386,17 @@ class Inference:
             self._reload_done("failed", f"the new model did not load, restarting the previous one: {exc}")
             self._start_until_ready(WorkerClient(self.spec))
             return
-        self.spec = spec
+        self._newest_params(client)
+        self.spec = client.spec
         self.worker = client
         self._ready()
         self._reload_done("ok", f"now running {spec.model_name} (worker {client.pid})")
+
+    def _newest_params(self, client: WorkerClient) -> None:
+        """Thresholds reloaded while a new worker loaded are newer than the ones it was built with."""
+        if self._params_since_stage and client.spec.params != self.spec.params:
+            client.spec = dataclasses.replace(client.spec, params=self.spec.params)
+            client.send_params(self.spec.params)
 
     def _reload_done(self, result: str, message: str) -> None:
         if result == "ok":

@@ -12,10 +12,9 @@ import itertools
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pipeline.capture import SourceReader
+from pipeline.capture import STALL_GRACE_S, SourceReader
 from pipeline.errors import SourceError, SourceUnsupported
 from pipeline.frame import Frame, WorkResult
 from pipeline.http import HttpServer
@@ -31,6 +30,7 @@ from pipeline.sinks.preview import Preview
 from pipeline.sources import VideoSource, make_source
 from pipeline.spec import adapter_params, build_worker_spec
 from pipeline.supervisor import WorkerClient
+from pipeline.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ class Pipeline:
                 if not source.live:
                     source.open()  # SourceError for missing, unreadable, not-video files
                 sources.append((src, source))
-            self._probe_live([x for _, x in sources if x.live])
+            probed = dict(self._probe_live([(src, x) for src, x in sources if x.live]))
+            sources = [(src, probed.get(src, x)) for src, x in sources]
             opened = [x.info for _, x in sources if x.info is not None]
             source_hw = (max(i.height for i in opened), max(i.width for i in opened)) if opened else (480, 640)
             spec, model = build_worker_spec(s, source_hw)
@@ -112,21 +113,37 @@ class Pipeline:
         self.outdir = outdir
         self._outdirs.append(outdir)
 
-    @staticmethod
-    def _probe_live(sources: list[VideoSource]) -> None:
-        """Open live sources once, in parallel, so their resolution is known; those that fail are
-        retried by their readers (a camera that is down at boot is not a configuration error)."""
-        def attempt(source: VideoSource) -> None:
-            try:
-                source.open()
-            except SourceUnsupported:
-                raise
-            except SourceError as exc:
+    def _probe_live(self, sources: list[tuple[SourceSettings, VideoSource]]) -> list[tuple[SourceSettings, VideoSource]]:
+        """Open live sources once, in parallel, so their resolution is known; those that fail are retried
+        by their readers (a camera that is down at boot is not a configuration error). An open that does
+        not return within the source's bounds (a wedged driver) is left behind, like a stuck read, and
+        the reader starts with a fresh capture. Returns the sources to run."""
+        results: dict[int, BaseException | None] = {}
+        threads = []
+        for i, (src, source) in enumerate(sources):
+            def attempt(i=i, source=source) -> None:
+                try:
+                    source.open()
+                    results[i] = None
+                except SourceError as exc:
+                    results[i] = exc
+            t = threading.Thread(target=attempt, name=f"probe-{src.name}", daemon=True)
+            t.start()
+            threads.append(t)
+        out = []
+        for i, ((src, source), t) in enumerate(zip(sources, threads)):
+            t.join(max(0.0, src.open_timeout_s + src.stall_timeout_s + STALL_GRACE_S))  # in parallel: bounded once
+            exc = results.get(i)
+            if isinstance(exc, SourceUnsupported):
+                raise exc  # exit 2: this installation can never open it
+            if t.is_alive():
+                log.error("source '%s': opening %s did not return; left it blocked and retrying with a new capture",
+                          src.name, source.shown_uri)
+                source = make_source(src)
+            elif exc is not None:
                 log.warning("%s; will keep retrying", exc)
-
-        if sources:
-            with ThreadPoolExecutor(max_workers=min(8, len(sources))) as pool:
-                list(pool.map(attempt, sources))  # re-raises SourceUnsupported: exit 2
+            out.append((src, source))
+        return out
 
     def _add(self, src: SourceSettings, source: VideoSource) -> int:
         sid = next(self._ids)
@@ -212,12 +229,15 @@ class Pipeline:
             except OSError as exc:  # a vanished or unreadable directory: the sinks report it themselves
                 log.warning("retention: %s", exc)
 
-    def run(self, progress: Progress | None = None, drain_timeout_s: float = 10.0, tick=None) -> None:
-        """Block until every source has ended (or stop was requested) and everything is written."""
+    def run(self, progress: Progress | None = None, drain_timeout_s: float | None = None, tick=None) -> None:
+        """Block until every source has ended (or stop was requested) and everything is written. Frames
+        still in flight `drain_timeout_s` after a stop (default: service.shutdown_grace_s) are dropped."""
         drain_deadline = None
         while not self.done():
             if self._stop.is_set() and drain_deadline is None:
-                drain_deadline = time.monotonic() + drain_timeout_s
+                grace = self.settings.service.shutdown_grace_s if drain_timeout_s is None else drain_timeout_s
+                drain_deadline = time.monotonic() + grace
+                drain_timeout_s = grace
             if drain_deadline is not None and time.monotonic() > drain_deadline:
                 log.warning("frames still in flight after %.0f s; dropping them", drain_timeout_s)
                 break
@@ -299,12 +319,11 @@ class Pipeline:
             self._closing_outputs.remove(output)
 
     def add_source(self, src: SourceSettings) -> None:
-        """A source added by a reload. Files must open (SourceError otherwise); live ones may retry."""
+        """A source added by a reload. Files must open (SourceError otherwise); live ones are opened by their
+        reader, with its retries and stall bounds (the main loop must never wait on a camera)."""
         source = make_source(src)
         if not source.live:
             source.open()
-        else:
-            self._probe_live([source])
         self._add(src, source)
 
     @property
@@ -334,13 +353,11 @@ class Pipeline:
         """New thresholds/filters for the running worker (no restart)."""
         self.inference.set_params(adapter_params(settings, self.worker.info.get("family", "auto")))
 
-    def replace_worker(self, settings: Settings) -> None:
-        """A reload changed the model or engine: a new worker is prepared beside the running one. Raises
-        UserError now (and changes nothing) when the new model cannot be resolved."""
+    def worker_spec(self, settings: Settings) -> WorkerSpec:
+        """The worker a reload's model and engine settings need; UserError when the model cannot be resolved."""
         infos = [r.source.info for r in self.readers.values() if r.source.info is not None]
         hw = (max(i.height for i in infos), max(i.width for i in infos)) if infos else (480, 640)
-        spec, _ = build_worker_spec(settings, hw)
-        self.inference.stage(spec)
+        return build_worker_spec(settings, hw)[0]
 
     # shutdown ------------------------------------------------------------------------------------------
     def close(self, linger_s: float = 0.0) -> None:

@@ -91,11 +91,8 @@ class Service:
             elif self.settings.metrics.host not in ("127.0.0.1", "localhost", "::1"):
                 log.warning("the live view is served on %s without web.token: anyone who can reach the port "
                             "sees the cameras", self.settings.metrics.host)
-        watchdog = None
-        if self.notifier.watchdog_s and self.settings.service.watchdog:
-            # From the start: a first TensorRT build can outlast WatchdogSec, and progress keeps it fed.
-            watchdog = threading.Thread(target=self._watchdog, name="watchdog", daemon=True)
-            watchdog.start()
+        if self.notifier.watchdog_s:  # service.watchdog is read on each round: a reload can switch it
+            threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
         try:
             p.open(routes=routes, streams=streams, access=access, progress=self._load_progress)
         except StartCancelled:
@@ -110,8 +107,7 @@ class Service:
             if self._signals:
                 p.interrupt()
             self.notifier.ready(self._status_line())
-            p.run(Progress(self.settings.sinks.progress, self.settings.sinks.log_interval_s),
-                  drain_timeout_s=self.settings.service.shutdown_grace_s, tick=self._tick)
+            p.run(Progress(self.settings.sinks.progress, self.settings.sinks.log_interval_s), tick=self._tick)
         finally:
             self.notifier.stopping()
             p.close(linger_s=self.settings.metrics.linger_s)
@@ -141,7 +137,9 @@ class Service:
             why = self.pipeline.health(period) if started else None
             if started and time.monotonic() - self._heartbeat > period:
                 why = f"the main loop has not run for {time.monotonic() - self._heartbeat:.0f} s"
-            if why is None:
+            if not self.settings.service.watchdog:
+                pass  # switched off: systemd's WatchdogSec= then decides alone
+            elif why is None:
                 self.notifier.watchdog()
                 silent = False
             elif not silent:  # once per state change
@@ -206,12 +204,14 @@ class Service:
 
     def _apply(self, new: Settings) -> None:
         old, p = self.settings, self.pipeline
+        # What can be refused comes first, so that a refusal leaves everything as it was.
+        spec = p.worker_spec(new) if engine_changed(old, new) else None  # a missing or non-ONNX model
         if new.sinks.output_dir != old.sinks.output_dir:
-            p.use_output_dir(new)  # UserError here (not writable, in use) leaves everything as it was
-        if engine_changed(old, new):
-            p.replace_worker(new)  # UserError here leaves everything as it was; the load runs in the background
-            self._reload_pending = True
+            p.use_output_dir(new)  # not writable, or in use by another perceptd
+        if spec is not None:
             log.info("reload: model/engine changed; loading the new one while the running worker serves")
+            p.inference.stage(spec)  # in the background: its outcome settles the reload (_reload_settled)
+            self._reload_pending = True
         elif new.model != old.model:
             p.set_params(new)
             log.info("reload: thresholds updated without restarting the worker")

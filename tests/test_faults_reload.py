@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -115,22 +116,61 @@ def test_reload_with_a_model_change_under_a_short_watchdog_never_stops_the_pings
 
 def test_reload_when_flow_and_sink_settings_change_they_apply_without_restarting_the_source(carphone, tmp_path,
                                                                                            cache_dir):
-    src = [{"name": "fast", "uri": str(carphone), "realtime": True, "speed": 8, "loop": True}]
-    with Daemon(tmp_path, cache_dir, src, pipeline={"live_inflight": 1}, model={"input_size": [480, 640]}) as d:
+    fast = {"name": "fast", "uri": str(carphone), "realtime": True, "speed": 8, "loop": True}
+    gone = {"name": "gone", "uri": str(carphone), **LIVE}
+    with Daemon(tmp_path, cache_dir, [fast, gone], pipeline={"live_inflight": 1},
+                model={"input_size": [480, 640]}) as d:
         d.start()
         d.wait_processed("fast", 20)
         m = d.scrape()
-        assert m["perceptd_batch_size_frames_sum"] == m["perceptd_batch_size_frames_count"]  # one frame a call
-        edit(d, pipeline={"live_inflight": 4}, sinks={"video": {"enabled": False}})
+        assert m["process_start_time_seconds"] > 0  # the standard process collector
+        assert 'perceptd_source_up{source="gone"}' in m
+        d.write_config([fast], pipeline={"live_inflight": 1}, model={"input_size": [480, 640]})
         d.signal(signal.SIGHUP)
-        d.wait_log(r"outputs reopened")
+        removed = d.wait_log(r"source 'gone' retired")
+        before = d.scrape()
+        d.wait_processed("fast", 20)
+        one = d.scrape()  # one live source, one frame at the worker at a time: one frame a call
+        assert (one["perceptd_batch_size_frames_sum"] - before["perceptd_batch_size_frames_sum"]
+                == one["perceptd_batch_size_frames_count"] - before["perceptd_batch_size_frames_count"])
+        d.write_config([fast], pipeline={"live_inflight": 4}, model={"input_size": [480, 640]},
+                       sinks={"video": {"enabled": False}})
+        d.signal(signal.SIGHUP)
+        d.wait_log(r"outputs reopened", after=removed.end())
         # More frames of the one live source at the worker: they now share engine calls.
-        d.wait_metric(lambda m: m["perceptd_batch_size_frames_sum"] > m["perceptd_batch_size_frames_count"] + 5, 60,
+        calls = d.scrape()
+        d.wait_metric(lambda m: m["perceptd_batch_size_frames_sum"] - calls["perceptd_batch_size_frames_sum"]
+                      > m["perceptd_batch_size_frames_count"] - calls["perceptd_batch_size_frames_count"] + 5, 60,
                       "batches of more than one frame")
+        m = d.scrape()
+        # A removed source is gone, not down: no series left for an alert to fire on.
+        assert not [k for k in m if 'source="gone"' in k]
         assert d.stop() == 0, d.log
     assert "worker restarted" not in d.log and len(re.findall(r"worker \d+ ready", d.log)) == 1
     assert "source 'fast' retired" not in d.log  # the source was not restarted
     logs = sorted(d.out.glob("fast*.jsonl"), key=lambda p: p.stat().st_mtime_ns)
     assert len(logs) == 2 and read_jsonl(logs[1])[0]["frame"] > 0  # its frame count went on
     assert len(list(d.out.glob("fast*.mp4"))) == 1  # video switched off: no new video file
+    assert re.search(r"source 'gone': \d+ captured = \d+ processed \+ \d+ dropped", d.log)
+    d.accounting()
+
+
+def test_reload_when_max_batch_changes_slot_pools_are_replaced_and_none_leaks(carphone, astronaut_clip, tmp_path,
+                                                                              cache_dir):
+    sources = [{"name": "car", "uri": str(carphone), **LIVE}, {"name": "astro", "uri": str(astronaut_clip), **LIVE}]
+    with Daemon(tmp_path, cache_dir, sources) as d:
+        d.start()
+        d.wait_processed("car", 10)
+        blocks = lambda: sorted(Path("/dev/shm").glob(f"perceptd_{d.proc.pid}_*"))  # noqa: E731
+        first = blocks()
+        assert len(first) == 2  # one slot pool per source
+        edit(d, engine={"max_batch": 2})  # fewer slots needed: each source moves to a new, smaller pool
+        d.signal(signal.SIGHUP)
+        d.wait_log(r"reload: now running")
+        d.wait_processed("car", 20)
+        d.wait_processed("astro", 20)
+        d.wait_metric(lambda m: len(blocks()) == 2 and not set(blocks()) & set(first), 30,
+                      "the old pools freed once their frames came back")
+        assert d.stop() == 0, d.log
+    assert not blocks()  # and the new ones at exit
     d.accounting()

@@ -49,7 +49,9 @@ def test_dashboard_when_read_has_units_variables_and_the_required_panels():
                    "perceptd_frames_dropped_total", "perceptd_queue_depth_frames", "perceptd_source_up",
                    "perceptd_source_reconnects_total", "perceptd_worker_restarts_total",
                    "perceptd_process_cpu_seconds_total", "perceptd_process_resident_memory_bytes",
-                   "perceptd_gpu_utilization_ratio", "perceptd_gpu_memory_used_bytes", "perceptd_info"):
+                   "perceptd_gpu_utilization_ratio", "perceptd_gpu_memory_used_bytes", "perceptd_info",
+                   "perceptd_sink_up", "perceptd_worker_hangs_total", "perceptd_reloads_total",
+                   "perceptd_source_stuck_reads"):
         assert metric in text, metric
     assert all(q in text for q in ("histogram_quantile(0.5,", "histogram_quantile(0.95,", "histogram_quantile(0.99,"))
 

@@ -110,3 +110,22 @@ def test_recover_when_a_killed_run_left_partial_files_finalises_what_can_be_read
     assert len(logs) == 1 and read_jsonl(logs[0]) == [{"frame": 0}, {"frame": 1}]
     assert "empty.jsonl" not in names
     assert recovered == []  # open() already recovered everything; a second pass finds nothing
+
+
+def test_run_when_another_perceptd_writes_to_the_output_directory_exits_2_and_leaves_it_alone(
+        carphone, tmp_path, cache_dir):
+    from tests.conftest import run_perceptd
+    from tests.daemon import Daemon
+
+    with Daemon(tmp_path, cache_dir, [{"name": "car", "uri": str(carphone), "loop": True, "realtime": True}]) as first:
+        first.start()
+        first.wait_processed("car", 5)
+        second = run_perceptd("run", "--source", str(carphone), "--output", str(first.out), "--metrics-port", "0",
+                              cache_dir=cache_dir, timeout=120)
+        assert second.returncode == 2, second.stderr
+        line = second.stderr.strip().splitlines()[-1]
+        assert line == (f"perceptd: error: output directory {first.out} is in use by another perceptd "
+                        f"(pid {first.proc.pid}); give each instance its own sinks.output_dir (or --output)")
+        first.wait_processed("car", 5)  # untouched by the attempt
+        assert first.stop() == 0
+    assert not list(first.out.glob("carphone*")) and "Traceback" not in second.stderr

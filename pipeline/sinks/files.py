@@ -103,7 +103,11 @@ class _Segmented:
             # Created here, so a refusal (EACCES, EROFS, ENOSPC) is an OSError that names the file.
             with open(self.partial, "xb"):
                 pass
-            self._open_file()
+            try:
+                self._open_file()
+            except BaseException:
+                self.partial.unlink(missing_ok=True)  # empty: nothing to keep
+                raise
             self._opened_ns = now
 
     def write_guarded(self, write: Callable[[], None]) -> None:
