@@ -54,7 +54,6 @@ class Pipeline:
         self.http: HttpServer | None = None
         self.outdir: OutputDir | None = None
         self._outdirs: list[OutputDir] = []  # every directory locked by this run (a reload may move it)
-        self.failure: BaseException | None = None
         self.started = False
         self._next_retention = 0.0
 
@@ -208,7 +207,7 @@ class Pipeline:
         return queued + (self.inference.pending() if self.inference is not None else 0)
 
     def done(self) -> bool:
-        if self.failure is not None or self._abort.is_set():
+        if self._abort.is_set():
             return True
         with self._cond:
             finished = all(r.finished.is_set() and len(r.queue) == 0 for r in self.readers.values())

@@ -113,8 +113,6 @@ class Service:
             p.close(linger_s=self.settings.metrics.linger_s)
             self._collector.close()
             self.notifier.close()
-        if p.failure is not None:
-            raise p.failure
         return 0
 
     def _tick(self) -> None:
@@ -210,8 +208,8 @@ class Service:
             p.use_output_dir(new)  # not writable, or in use by another perceptd
         if spec is not None:
             log.info("reload: model/engine changed; loading the new one while the running worker serves")
+            self._reload_pending = True  # first: the load may fail (and settle the reload) at once
             p.inference.stage(spec)  # in the background: its outcome settles the reload (_reload_settled)
-            self._reload_pending = True
         elif new.model != old.model:
             p.set_params(new)
             log.info("reload: thresholds updated without restarting the worker")

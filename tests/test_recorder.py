@@ -15,7 +15,7 @@ from pipeline.sinks.files import VideoFileSink
 from pipeline.sinks.guard import SinkGuard
 from pipeline.sinks.outdir import OutputDir
 from pipeline.sinks.recorder import RECORDER_NICE, Recorder
-from tests.conftest import count_video_frames
+from tests.conftest import count_video_frames, read_jsonl
 
 
 def recorder(directory, release, observe, fourcc="MJPG", ext=".avi", retry_s=5.0):
@@ -113,3 +113,32 @@ def test_recorder_when_the_directory_vanishes_pauses_frees_every_slot_and_resume
     assert len(second) == 1 and second[0].name.startswith("car.") and count_video_frames(second[0]) == 10
     assert count_video_frames(first) == 10
     assert not list(directory.glob(".*partial*"))
+
+
+def test_source_output_when_one_frame_cannot_be_drawn_or_logged_skips_it_alone_and_counts_it(carphone, tmp_path):
+    """A misbehaving model's NaN box: the overlay cannot draw it and JSON cannot carry it. That frame is
+    skipped by those outputs (counted), nothing pauses, every frame is processed and every slot freed."""
+    import math
+
+    from pipeline.frame import Detection, WorkResult
+    from pipeline.settings import SinkSettings
+    from pipeline.sinks import SourceOutput
+
+    out = OutputDir(tmp_path)
+    out.open()
+    metrics = Metrics()
+    released = []
+    settings = SinkSettings(output_dir=tmp_path, video={"fourcc": "MJPG", "extension": ".avi"})
+    output = SourceOutput("car", settings, out, lambda: 30.0, metrics, lambda f: released.append(f.index))
+    output.start()
+    good = (Detection("face", 0.9, (10.0, 10.0, 50.0, 60.0)),)
+    bad = (Detection("face", 0.9, (math.nan, 10.0, 50.0, 60.0)),)
+    for f in frames_of(carphone, 3):
+        output.put(f, WorkResult(0, f.index, f.slot, bad if f.index == 1 else good, 0, 1, 1, 1, 1))
+    output.close()
+    value = lambda name, sink: metrics.registry.get_sample_value(name, {"source": "car", "sink": sink})  # noqa: E731
+    assert output.processed == 3 and sorted(released) == [0, 1, 2]
+    assert value("perceptd_sink_errors_total", "overlay") == 1 and value("perceptd_sink_errors_total", "events") == 1
+    assert value("perceptd_sink_up", "overlay") == 1 and value("perceptd_sink_up", "events") == 1
+    assert [r["frame"] for r in read_jsonl(tmp_path / "car.jsonl")] == [0, 2]  # every line valid JSON
+    assert count_video_frames(tmp_path / "car.avi") == 3  # the bad frame recorded undrawn

@@ -111,11 +111,12 @@ class _Segmented:
             self._opened_ns = now
 
     def write_guarded(self, write: Callable[[], None]) -> None:
-        """Run one write; on failure close what is open (finalising what it holds) and re-raise."""
+        """Run one write; when the file system refuses it, close what is open (finalising what it holds) and
+        re-raise. Any other error belongs to the frame: the file stays open for the next one."""
         try:
             self._ensure_open()
             write()
-        except BaseException:
+        except OSError:
             self._abandon()
             raise
 
@@ -207,7 +208,9 @@ class EventsSink(_Segmented):
         self.lines = 0
 
     def write(self, record: dict) -> None:
-        data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        # allow_nan=False: a NaN from a misbehaving model would make the line invalid JSON; it fails this
+        # frame's write instead (counted by the guard) and the file stays parseable.
+        data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
         self.write_guarded(lambda: self._write(data))
 
     def _write(self, data: bytes) -> None:
