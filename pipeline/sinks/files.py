@@ -31,7 +31,8 @@ __all__ = ["EventsSink", "VideoFileSink", "check_output_dir", "probe_video_codec
 
 def disk_full(directory: Path, free: int, reserve: int) -> OSError:
     return OSError(errno.ENOSPC, f"{free / 1e6:.0f} MB free in {directory}, under sinks.reserve_mb "
-                                 f"({reserve / 1e6:.0f} MB); free space there (or lower sinks.max_disk_gb)")
+                                 f"({reserve / 1e6:.0f} MB); free space there, or let retention delete older "
+                                 "outputs (sinks.min_free_percent, max_disk_gb)")
 
 
 def probe_video_codec(directory: Path, fourcc: str, extension: str) -> None:
