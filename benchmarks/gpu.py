@@ -41,7 +41,7 @@ def mobilenet_models(work: Path) -> tuple[str, str, str]:
     """(torch model, ONNX model, note): the built-in MobileNetV2, or the same network with random weights."""
     from engines.zoo import materialise
     from pipeline.errors import UserError
-    from pipeline.settings import default_cache_dir
+    from engines.cache import default_cache_dir
 
     try:
         materialise("mobilenet_v2", default_cache_dir(), "torch")

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Protocol
 
-from engines.cache import (EngineKey, FileLock, atomic_write, decide, ensure_writable, key_stem, make_sidecar,
-                           read_sidecar, sidecar_path, timing_cache_path, write_sidecar)
+from engines.cache import (EngineKey, FileLock, atomic_write, decide, default_cache_dir, ensure_writable, key_stem,
+                           make_sidecar, read_sidecar, sidecar_path, timing_cache_path, write_sidecar)
 from engines.calibration import CalibrationSource, calibration_source
 from engines.base import report_progress
-from pipeline.errors import ModelError, UserError
+from engines.errors import ModelError, UserError
 
 if TYPE_CHECKING:
     from engines.base import EngineOptions
@@ -208,8 +208,6 @@ def inspect_onnx(path: Path) -> OnnxFacts:
 
 def engines_dir(cache_dir) -> Path:
     if cache_dir is None:
-        from pipeline.settings import default_cache_dir
-
         cache_dir = default_cache_dir()
     return Path(cache_dir).expanduser() / "engines"
 

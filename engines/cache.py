@@ -21,11 +21,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from pipeline.errors import UserError
+from engines.errors import UserError
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the sidecar's meaning changes: every older engine is then rebuilt
+
+
+def default_cache_dir() -> Path:
+    """Where materialised models and built engines live when the caller names no directory."""
+    # systemd's CacheDirectory= sets CACHE_DIRECTORY; a user's own runs use XDG.
+    for var in ("PERCEPTD_CACHE_DIR", "CACHE_DIRECTORY"):
+        if os.environ.get(var):
+            return Path(os.environ[var].split(":")[0])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "perceptd"
 
 
 @dataclass(frozen=True)

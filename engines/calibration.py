@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from pipeline.errors import UserError
+from engines.errors import UserError
 
 log = logging.getLogger(__name__)
 

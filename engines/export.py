@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from engines.zoo import sidecar_path
-from pipeline.errors import UserError
+from engines.errors import UserError
 
 log = logging.getLogger(__name__)
 

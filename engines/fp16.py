@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.errors import UserError
+from engines.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from engines.base import Engine, EngineError, EngineOptions, TensorInfo
-from pipeline.errors import UserError
+from engines.errors import UserError
 
 log = logging.getLogger(__name__)
 trt_log = logging.getLogger(__name__ + ".trt")  # TensorRT's own messages

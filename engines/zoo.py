@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.errors import ModelError, UserError
+from engines.errors import ModelError, UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,11 @@
-"""Errors a user can fix. The CLI prints them as one line and exits 2; anything else is a bug (exit 1)."""
+"""Errors a user can fix. The CLI prints them as one line and exits 2; anything else is a bug (exit 1).
 
+UserError and ModelError are the inference library's (engines/ stands on its own); the daemon's own
+kinds build on them."""
 
-class UserError(Exception):
-    """Bad input: config, source, model or output path. The message says what and how to fix it."""
+from engines.errors import ModelError, UserError
+
+__all__ = ["ConfigError", "ModelError", "SourceError", "SourceUnsupported", "UserError"]
 
 
 class ConfigError(UserError):
@@ -11,10 +14,6 @@ class ConfigError(UserError):
 
 class SourceError(UserError):
     """A source cannot be opened or is not a video."""
-
-
-class ModelError(UserError):
-    """A model is missing, unreadable or not what its family expects."""
 
 
 class SourceUnsupported(SourceError):

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engines.detection import Detection  # what a frame's results are made of (re-exported here)
+
 
 @dataclass(frozen=True, slots=True)
 class Frame:
@@ -27,23 +29,6 @@ class Frame:
     @property
     def width(self) -> int:
         return int(self.image.shape[1])
-
-
-@dataclass(frozen=True, slots=True)
-class Detection:
-    """One prediction in source-image pixels. A classifier's classes carry the whole image as box."""
-
-    label: str
-    score: float
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2
-    class_id: int = -1
-    landmarks: tuple[tuple[float, float], ...] = ()
-
-    def to_json(self) -> dict:
-        out = {"label": self.label, "score": round(self.score, 4), "box": [round(v, 1) for v in self.box]}
-        if self.landmarks:
-            out["landmarks"] = [[round(x, 1), round(y, 1)] for x, y in self.landmarks]
-        return out
 
 
 @dataclass(frozen=True, slots=True)

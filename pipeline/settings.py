@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import copy
 import difflib
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from engines.cache import default_cache_dir
 from pipeline.errors import ConfigError
 from pipeline.redact import redact_text
 from pipeline.yamlpos import line_for, load_yaml_with_lines
@@ -25,14 +25,6 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-def default_cache_dir() -> Path:
-    # systemd's CacheDirectory= sets CACHE_DIRECTORY; a user's own runs use XDG.
-    for var in ("PERCEPTD_CACHE_DIR", "CACHE_DIRECTORY"):
-        if os.environ.get(var):
-            return Path(os.environ[var].split(":")[0])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "perceptd"
 
 
 class SourceSettings(Strict):

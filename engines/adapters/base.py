@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.frame import Detection
+from engines.detection import Detection
 
 
 @dataclass(frozen=True)

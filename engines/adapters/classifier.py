@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from engines.adapters.base import Adapter, AdapterParams, Letterbox
-from pipeline.frame import Detection
+from engines.detection import Detection
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from engines.adapters.base import Adapter, AdapterParams, Letterbox, letterbox_planes, nms
-from pipeline.frame import Detection
+from engines.detection import Detection
 
 STRIDES = (8, 16, 32)
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))

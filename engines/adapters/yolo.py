@@ -17,7 +17,7 @@ import logging
 import numpy as np
 
 from engines.adapters.base import Adapter, AdapterParams, Letterbox, letterbox_planes, nms
-from pipeline.frame import Detection
+from engines.detection import Detection
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from engines.cache import sha256_file
-from pipeline.errors import ModelError, UserError
+from engines.errors import ModelError, UserError
 
 log = logging.getLogger(__name__)
 
