@@ -85,6 +85,8 @@ class Tracker:
         self._labels: dict = {}  # label -> small int
         self._next_id = 1
         self._frames = 0
+        self.born = np.zeros(0, np.int64)  # ids confirmed by the last update()
+        self.ended = np.zeros(0, np.int64)  # ids of confirmed tracks the last update() ended (lost too long)
 
     # the public surface -------------------------------------------------------------------------------
     def update(self, boxes, scores, labels, t: float | None = None) -> np.ndarray:
@@ -98,6 +100,7 @@ class Tracker:
         self._frames += 1
         now = t if t is not None else self._frames / s.fps
         out = np.full(len(boxes), -1, np.int64)
+        first_id = self._next_id
 
         self._kf.predict()
         predicted = self._kf.boxes()
@@ -131,20 +134,28 @@ class Tracker:
         self._hits[unmatched] = 0
         expired = (self._state == LOST) & (now - self._seen > s.lost_s)
         gone = expired | (unmatched & (self._state == NEW))
+        self.ended = self._id[expired]
         if gone.any():
             self._keep(np.nonzero(~gone)[0])
         high_left = np.nonzero(high & ~taken)[0]
 
         # New tentative tracks from confident detections nobody claimed.
-        born = high_left[scores[high_left] >= s.new_track_score]
-        if len(born):
+        starts = high_left[scores[high_left] >= s.new_track_score]
+        if len(starts):
             start = len(self._state)
-            self._add(boxes[born], codes[born], now)
+            self._add(boxes[starts], codes[starts], now)
             if s.min_hits <= 1:
-                rows = np.arange(start, start + len(born))
+                rows = np.arange(start, start + len(starts))
                 self._confirm(rows)
-                out[born] = self._id[rows]
+                out[starts] = self._id[rows]
+        self.born = np.arange(first_id, self._next_id, dtype=np.int64)
         return out
+
+    def end_all(self) -> np.ndarray:
+        """End every track (the source stops); returns the ids of the confirmed ones."""
+        ids = self._id[self._state != NEW]
+        self._keep(np.zeros(0, np.int64))
+        return ids
 
     def tracks(self) -> tuple[np.ndarray, np.ndarray]:
         """The confirmed, currently tracked tracks: (ids [K], predicted boxes [K, 4])."""
