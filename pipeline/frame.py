@@ -58,3 +58,4 @@ class WorkResult:
     inference_ns: int  # the whole batch's engine call, shared by its frames
     postprocess_ns: int
     batch_size: int
+    inferred: bool = True  # False: not run through the model (detect_fps); its detections are predictions

@@ -84,6 +84,13 @@ class Metrics:
         self.worker_hangs = Counter(
             "perceptd_worker_hangs_total", "Times the inference worker answered no batch within the hang bound and "
             "was killed and restarted", registry=r)
+        self.tracks = Counter(
+            "perceptd_tracks_total", "Tracks confirmed (objects that got an id)", ["source", "label"], registry=r)
+        self.zone_objects = Gauge(
+            "perceptd_zone_objects", "Tracked objects inside a zone now", ["source", "zone", "label"], registry=r)
+        self.line_crossings = Counter(
+            "perceptd_line_crossings_total", "Tracks that crossed a line, by the side they went to",
+            ["source", "line", "label", "direction"], registry=r)
         self.reloads = Counter(
             "perceptd_reloads_total", "Configuration reloads (SIGHUP): ok, rejected (the file did not validate) or "
             "failed (the new model or engine did not load; the old one kept serving)", ["result"], registry=r)

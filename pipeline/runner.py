@@ -27,6 +27,7 @@ from pipeline.sinks import SourceOutput, retention
 from pipeline.sinks.files import probe_video_codec
 from pipeline.sinks.outdir import OutputDir
 from pipeline.sinks.preview import Preview
+from pipeline.sinks.tracks import SourceTracking
 from pipeline.sources import VideoSource, make_source
 from pipeline.spec import adapter_params, build_worker_spec
 from pipeline.supervisor import WorkerClient
@@ -49,6 +50,7 @@ class Pipeline:
         self.outputs: dict[int, SourceOutput] = {}
         self._retiring: set[int] = set()
         self._closing_outputs: list[SourceOutput] = []  # replaced by a reload, finalising in the background
+        self._tracking: dict[str, SourceTracking] = {}  # by source name: ids never reused while the daemon runs
         self._ids = itertools.count()
         self.inference: Inference | None = None
         self.http: HttpServer | None = None
@@ -149,6 +151,7 @@ class Pipeline:
         self.metrics.add_source(src.name)
         reader = SourceReader(sid, src, source, self.metrics, self._cond, reopen=lambda: make_source(src))
         reader.configure(self.settings)
+        self._check_scene_labels(src)
         output = self._output_for(src.name, source, reader)
         with self._cond:
             self.readers[sid] = reader
@@ -158,14 +161,38 @@ class Pipeline:
             reader.start()
         return sid
 
-    def _output_for(self, name: str, source: VideoSource, reader: SourceReader) -> SourceOutput:
+    def _output_for(self, name: str, source: VideoSource, reader: SourceReader,
+                    after: SourceOutput | None = None) -> SourceOutput:
         s = self.settings
         w = s.web
         preview = (Preview(w.preview_fps, w.jpeg_quality, w.max_width, self.metrics.preview_viewers.labels(name),
                            self.metrics.preview_frames.labels(name)) if w.enabled and s.metrics.enabled else None)
         # Its files get names no earlier output has (a source restarted by a reload gets new ones too).
         return SourceOutput(name, s.sinks, self.outdir, lambda: source.info.fps if source.info else 0.0,
-                            self.metrics, reader.release, preview)
+                            self.metrics, reader.release, preview, self._tracking_for(reader.settings), after)
+
+    def _tracking_for(self, src: SourceSettings) -> SourceTracking | None:
+        """The source's tracking, kept by name across outputs and restarts; None where there is none to do
+        (tracking off, or a classifier: its one box is the whole image)."""
+        family = self.worker.info.get("family") if self.worker is not None else None
+        if not self.settings.tracking.enabled or family == "classifier":
+            return None
+        tracking = self._tracking.get(src.name)
+        if tracking is None:
+            tracking = self._tracking[src.name] = SourceTracking(src.name, self.settings.tracking, src, self.metrics)
+        else:
+            tracking.configure(self.settings.tracking, src)
+        return tracking
+
+    def _check_scene_labels(self, src: SourceSettings) -> None:
+        """A zone or line filter naming a label the model never reports would never count anything."""
+        known = set(self.inference.spec.labels) if self.inference is not None else set()
+        for item in (*src.zones, *src.lines):
+            unknown = sorted(set(item.labels) - known)
+            if known and unknown:
+                log.warning("source '%s': %s '%s' counts %s, which %s never reports; its labels: %s", src.name,
+                            "zone" if item in src.zones else "line", item.name, ", ".join(unknown),
+                            self.inference.spec.model_name, ", ".join(sorted(known))[:300])
 
     def start(self) -> None:
         if self.http is not None:
@@ -335,18 +362,24 @@ class Pipeline:
             reader.configure(self.settings)
 
     def replace_outputs(self) -> None:
-        """A reload changed the sinks: every source gets new outputs (new files, with the new settings)
-        between two frames; the old ones finalise what they have. The sources keep running."""
+        """A reload changed the sinks, the tracking or a source's zones: every source gets new outputs (new
+        files, the new settings) between two frames; the old ones finalise what they have, and hand their
+        tracks over. The sources keep running."""
         for sid, reader in list(self.readers.items()):
             if sid in self._retiring:
                 continue
-            new = self._output_for(reader.name, reader.source, reader)
-            new.start()
-            with self._cond:
+            with self._cond:  # swapped before the new one starts: no frame can reach the old one after
                 old = self.outputs[sid]
-                self.outputs[sid] = new
+                new = self.outputs[sid] = self._output_for(reader.name, reader.source, reader, after=old)
+            new.start()
             self._closing_outputs.append(old)
-            threading.Thread(target=old.close, name=f"close-{reader.name}", daemon=True).start()
+            threading.Thread(target=old.close, args=(False,), name=f"close-{reader.name}", daemon=True).start()
+
+    def reconfigure_source(self, sid: int, src: SourceSettings) -> None:
+        """A reload changed only a source's zones, lines or detection rate: applied without reopening it."""
+        reader = self.readers[sid]
+        reader.settings = src
+        self._check_scene_labels(src)
 
     def set_params(self, settings: Settings) -> None:
         """New thresholds/filters for the running worker (no restart)."""
@@ -398,10 +431,11 @@ class Pipeline:
     # results -------------------------------------------------------------------------------------------
     def _deliver(self, reader: SourceReader, frame: Frame, result: WorkResult) -> None:
         """The collector's hand-off: to the source's current outputs (in frame order)."""
-        with self._cond:
+        with self._cond:  # under the lock: an output being replaced gets nothing after the swap
             output = self.outputs.get(reader.id)
-        if output is None:  # its source was removed meanwhile: still counted
-            self.metrics.frames_dropped.labels(reader.name, "retired").inc()
-            reader.release(frame)
-            return
-        output.put(frame, result)
+            if output is not None:
+                output.put(frame, result)
+                return
+        # Its source was removed meanwhile: still counted.
+        self.metrics.frames_dropped.labels(reader.name, "retired").inc()
+        reader.release(frame)

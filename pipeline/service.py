@@ -225,15 +225,18 @@ class Service:
             p.reconfigure_readers()
         running = {r.name: (sid, r.settings) for sid, r in list(p.readers.items()) if sid not in p.retiring}
         wanted = {s.name: s for s in new.sources}
-        retired = set()
+        retired, rescened = set(), False
         for name, (sid, current) in running.items():
-            if name not in wanted or wanted[name] != current:
+            if name in wanted and wanted[name] != current and _stream(wanted[name]) == _stream(current):
+                p.reconfigure_source(sid, wanted[name])  # zones, lines, detect_fps: the stream stays open
+                rescened = True
+            elif name not in wanted or wanted[name] != current:
                 log.info("reload: %s source '%s'", "removing" if name not in wanted else "restarting", name)
                 p.retire(sid)
                 retired.add(name)
-        if new.sinks != old.sinks or new.web != old.web:
+        if new.sinks != old.sinks or new.web != old.web or new.tracking != old.tracking or rescened:
             p.replace_outputs()  # the sources that keep running get new outputs (new files) in place
-            log.info("reload: outputs reopened with the new sink settings")
+            log.info("reload: outputs reopened with the new sink, tracking or zone settings")
         for name, src in wanted.items():
             if name not in running or name in retired:
                 try:
@@ -243,3 +246,7 @@ class Service:
                     log.error("reload: source '%s' not started: %s", name, exc)
         self.settings = new
 
+
+def _stream(src) -> dict:
+    """What opening a source depends on: everything but its zones, lines and detection rate."""
+    return src.model_dump(exclude={"zones", "lines", "detect_fps"})

@@ -12,22 +12,19 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
 from engines.cache import default_cache_dir
 from pipeline.errors import ConfigError
 from pipeline.redact import redact_text
+from pipeline.settings_tracking import SceneSettings, Strict, TrackingSettings
 from pipeline.yamlpos import line_for, load_yaml_with_lines
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class SourceSettings(Strict):
+class SourceSettings(SceneSettings):
     name: str = Field(description="Unique name: output file names, metric labels, JSONL 'source'")
     uri: str = Field(min_length=1, description="File path, camera index or /dev/videoN, rtsp/http URL, "
                      "GStreamer pipeline, or sample:carphone")
@@ -236,6 +233,7 @@ class Settings(Strict):
     sinks: SinkSettings = SinkSettings()
     metrics: MetricsSettings = MetricsSettings()
     web: WebSettings = WebSettings()
+    tracking: TrackingSettings = TrackingSettings()
     service: ServiceSettings = ServiceSettings()
     logging: LoggingSettings = LoggingSettings()
 

@@ -22,9 +22,12 @@ LIVE = {"loop": True, "realtime": True}
 
 
 def outputs(directory: Path, stem: str, suffix: str) -> list[Path]:
-    """A source's finalised files of one kind, oldest first (`car.mp4` sorts after `car.2026...` by name)."""
-    return sorted((p for p in directory.glob(f"{stem}*{suffix}") if not p.name.startswith(".")),
-                  key=lambda p: p.stat().st_mtime_ns)
+    """A source's finalised files of one kind, oldest first (`car.mp4` sorts after `car.2026...` by name);
+    `.jsonl` means the per-frame logs, `.events.jsonl` the track events."""
+    found = (p for p in directory.glob(f"{stem}*{suffix}") if not p.name.startswith("."))
+    if suffix == ".jsonl":
+        found = (p for p in found if not p.name.endswith(".events.jsonl"))
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns)
 
 
 def test_restart_when_earlier_outputs_exist_writes_new_names_and_leaves_them_byte_identical(
@@ -34,7 +37,7 @@ def test_restart_when_earlier_outputs_exist_writes_new_names_and_leaves_them_byt
     first.wait_processed("car", 30)
     assert first.stop() == 0, first.log
     before = snapshot(first.out)
-    assert set(before) == {"car.mp4", "car.jsonl"}
+    assert set(before) == {"car.mp4", "car.jsonl", "car.events.jsonl"}
     first_accounting = first.accounting()["car"]
 
     second = Daemon(tmp_path, cache_dir, src, name="second").start()  # systemctl restart: same config
@@ -44,8 +47,11 @@ def test_restart_when_earlier_outputs_exist_writes_new_names_and_leaves_them_byt
     for name, data in before.items():
         assert after[name] == data, f"{name} was changed by the second run"
     new = sorted(set(after) - set(before))
-    assert len(new) == 2 and all(re.fullmatch(r"car\.\d{8}-\d{6}(-\d+)?\.(mp4|jsonl)", n) for n in new), new
-    jsonl = next(second.out / n for n in new if n.endswith(".jsonl"))
+    assert len(new) == 3 and all(re.fullmatch(r"car\.\d{8}-\d{6}(-\d+)?\.(mp4|jsonl|events\.jsonl)", n)
+                                 for n in new), new
+    stamp = new[0].split(".")[1]  # one stem for the run's three files
+    assert all(n.split(".")[1] == stamp for n in new), new
+    jsonl = next(second.out / n for n in new if n.endswith(".jsonl") and not n.endswith(".events.jsonl"))
     video = next(second.out / n for n in new if n.endswith(".mp4"))
     records = read_jsonl(jsonl)
     captured, processed, dropped = second.accounting()["car"]
@@ -57,7 +63,7 @@ def test_restart_when_earlier_outputs_exist_writes_new_names_and_leaves_them_byt
     third.start()
     assert third.proc.wait(120) == 0, third.log
     final = snapshot(third.out)
-    assert all(final[n] == d for n, d in after.items()) and len(final) == len(after) + 2
+    assert all(final[n] == d for n, d in after.items()) and len(final) == len(after) + 3
     assert third.accounting()["car"] == (40, 40, 0)
 
 

@@ -20,6 +20,7 @@ from pipeline.sinks.overlay import draw
 from pipeline.sinks.preview import Preview
 from pipeline.sinks.privacy import mask_regions
 from pipeline.sinks.recorder import Recorder
+from pipeline.sinks.tracks import SourceTracking
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,11 @@ class SourceOutput:
     events, video) sits behind its own SinkGuard: one that fails pauses alone, and frames are still counted."""
 
     def __init__(self, name: str, settings: SinkSettings, out: OutputDir, fps: Callable[[], float],
-                 metrics: Metrics, release: Callable[[Frame], None], preview: Preview | None = None):
-        """`fps` is asked when the video opens (a live source's rate is known once it is connected)."""
+                 metrics: Metrics, release: Callable[[Frame], None], preview: Preview | None = None,
+                 tracking: SourceTracking | None = None, after: "SourceOutput | None" = None):
+        """`fps` is asked when the video opens (a live source's rate is known once it is connected).
+        `tracking` gives detections track ids and writes `<name>.events.jsonl`; `after` is the output this
+        one replaces (a reload): it publishes first, so that the tracks see their frames in order."""
         self.name = name
         self.settings = settings
         self.metrics = metrics
@@ -40,7 +44,10 @@ class SourceOutput:
         self._q: queue.Queue = queue.Queue()  # bounded upstream: at most the pool's slots are in flight
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         v, e = settings.video, settings.events
-        suffixes = (v.extension,) * v.enabled + (".jsonl",) * e.enabled
+        self.tracking = tracking
+        self._after = after
+        with_events = tracking is not None and tracking.settings.events_file
+        suffixes = (v.extension,) * v.enabled + (".jsonl",) * e.enabled + (".events.jsonl",) * with_events
         stem = out.claim(name, suffixes) if suffixes else name  # one stem for the source's first files
         reserve = int(settings.reserve_mb * 1e6)
         self.video = (VideoFileSink(out, name, stem, v.fourcc, v.extension, fps, v.segment_s, reserve)
@@ -50,6 +57,10 @@ class SourceOutput:
                                   guard("video")) if self.video is not None else None)
         self.events = EventsSink(out, name, stem, e.segment_s, reserve) if e.enabled else None
         self._events_guard = guard("events") if self.events is not None else None
+        self.track_events = (EventsSink(out, name, stem, e.segment_s, reserve, ".events.jsonl") if with_events
+                             else None)
+        self._track_events_guard = guard("track_events") if self.track_events is not None else None
+        self._tracking_guard = guard("tracking") if tracking is not None else None
         self.preview = preview
         self._preview_guard = guard("preview") if preview is not None else None
         self._overlay_guard = guard("overlay")
@@ -66,8 +77,8 @@ class SourceOutput:
 
     def paused(self) -> list[str]:
         """The outputs paused after an error, with the reason (for STATUS= and /readyz)."""
-        guards = [self._overlay_guard, self._events_guard, self._preview_guard,
-                  self.recorder.guard if self.recorder is not None else None]
+        guards = [self._overlay_guard, self._events_guard, self._preview_guard, self._track_events_guard,
+                  self._tracking_guard, self.recorder.guard if self.recorder is not None else None]
         return [f"{g.sink}: {g.error}" for g in guards if g is not None and not g.up]
 
     def start(self) -> None:
@@ -78,19 +89,28 @@ class SourceOutput:
     def put(self, frame: Frame, result: WorkResult) -> None:
         self._q.put((frame, result))
 
-    def close(self) -> None:
-        """Publish what is queued, record it, then finalise the files (the video becomes playable).
+    def close(self, end_tracks: bool = True) -> None:
+        """Publish what is queued, record it, then finalise the files (the video becomes playable). The
+        source's tracks end too, unless another output takes them over (`end_tracks` False: a reload).
         Safe to call again, from any thread: the second call waits for the first."""
         with self._close_lock:
             if not self.closed:
-                self._close()
+                self._close(end_tracks)
                 self.closed = True
 
-    def _close(self) -> None:
-        if self._thread.ident is not None:  # started
+    def published(self) -> None:
+        """Wait until every frame given to this output has been published (not necessarily recorded)."""
+        if self._thread.ident is not None:
             self._q.put(None)
             self._thread.join()
-        for closer, sink in ((self.recorder, self.video), (self.events, self.events)):
+
+    def _close(self, end_tracks: bool) -> None:
+        self.published()
+        if self.tracking is not None and end_tracks:
+            for event in self.tracking.end():
+                self._write_event(event)
+        for closer, sink in ((self.recorder, self.video), (self.events, self.events),
+                             (self.track_events, self.track_events)):
             if closer is None:
                 continue
             try:
@@ -110,6 +130,9 @@ class SourceOutput:
         return fps, sum(r[1] for r in recent) / len(recent) * 1e3
 
     def _run(self) -> None:
+        if self._after is not None:
+            self._after.published()  # the replaced output's frames first: one tracker, in frame order
+            self._after = None
         while True:
             item = self._q.get()
             if item is None:
@@ -123,11 +146,25 @@ class SourceOutput:
                 else:
                     self._release(frame)
 
+    def _write_event(self, event: dict) -> None:
+        if self.track_events is not None:
+            self._track_events_guard.run(lambda: self.track_events.write(event))
+
+    def _track(self, frame: Frame, r: WorkResult) -> tuple:
+        """Track ids for the frame's detections (-1: none) and the events they make."""
+        wall = time.time() - (time.monotonic_ns() - frame.t_capture_ns) * _NS  # when it was captured
+        return self.tracking.step(frame.index, frame.pts_ms, wall, (frame.width, frame.height), r.detections)
+
     def _write(self, frame: Frame, r: WorkResult) -> None:
         t_sink = time.monotonic_ns()
+        ids, events = None, []
+        if self.tracking is not None:
+            tracked: list = []
+            if self._tracking_guard.run(lambda: tracked.append(self._track(frame, r))):
+                ids, events = tracked[0]
         to_preview = self.preview is not None and self.preview.wants_frame()
         if self.video is not None or to_preview:
-            self._overlay_guard.run(lambda: self._draw(frame, r))
+            self._overlay_guard.run(lambda: self._draw(frame, r, ids))
             if to_preview:
                 self._preview_guard.run(lambda: self.preview.publish(frame.image))
         t_done = time.monotonic_ns()  # results published; the video is written after, by the recorder
@@ -143,9 +180,17 @@ class SourceOutput:
         if self.events is not None:
             latency = {k: round(v / 1e6, 3) for k, v in stages.items()}
             latency["total"] = round(total / 1e6, 3)
+            detections = [d.to_json() for d in r.detections]
+            if ids is not None:
+                for d, track_id in zip(detections, ids):
+                    d["track_id"] = int(track_id)
             record = {"source": self.name, "frame": frame.index, "pts_ms": round(frame.pts_ms, 3),
-                      "detections": [d.to_json() for d in r.detections], "latency_ms": latency}
+                      "detections": detections, "latency_ms": latency}
+            if self.tracking is not None:
+                record["inferred"] = r.inferred
             self._events_guard.run(lambda: self.events.write(record))
+        for event in events:
+            self._write_event(event)
         m = self.metrics
         for stage, ns in stages.items():
             m.stage_latency.labels(self.name, stage).observe(max(ns, 0) * _NS)
@@ -158,7 +203,7 @@ class SourceOutput:
         self.last_done_ns = t_done
         self._recent.append((t_done, total * _NS))
 
-    def _draw(self, frame: Frame, r: WorkResult) -> None:
+    def _draw(self, frame: Frame, r: WorkResult, ids=None) -> None:
         if self._mask_labels:  # before drawing: boxes and labels stay visible over the masked region
             p = self.settings.privacy
             mask_regions(frame.image, r.detections, self._mask_labels, p.mode, p.padding)
@@ -167,6 +212,8 @@ class SourceOutput:
             fps, e2e_ms = self.stats()
             banner = f"{self.name}  {fps:5.1f} fps  {e2e_ms:5.0f} ms"
         draw(frame.image, r.detections, self._overlay, banner)
+        if ids is not None:
+            self.tracking.draw(frame.image, r.detections, ids, self._overlay.thickness)
 
     def summary(self) -> str:
         span = (self.last_done_ns - self.first_done_ns) * _NS

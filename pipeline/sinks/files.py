@@ -141,7 +141,7 @@ class _Segmented:
             if not partial.exists():  # nothing was ever written to it
                 self.unfinalised.pop(0)
                 continue
-            if self.suffix != ".jsonl" and not _plays(partial):
+            if not self.suffix.endswith(".jsonl") and not _plays(partial):
                 final = final.with_name(f"{final.stem}{UNFINISHED}{final.suffix}")
                 log.error("%s does not play (the encoder could not finish it); kept as %s", partial.name, final.name)
             landed = self._out.finalise(partial, final)
@@ -194,8 +194,9 @@ class EventsSink(_Segmented):
     """One JSON object per processed frame, one line each, written whole with one system call per line
     (tail -f friendly); a failed write is cut back to the last whole line before the file is closed."""
 
-    def __init__(self, out: OutputDir, name: str, stem: str, segment_s: float = 0.0, reserve_bytes: int = 0):
-        super().__init__(out, name, stem, ".jsonl", segment_s, reserve_bytes)
+    def __init__(self, out: OutputDir, name: str, stem: str, segment_s: float = 0.0, reserve_bytes: int = 0,
+                 suffix: str = ".jsonl"):
+        super().__init__(out, name, stem, suffix, segment_s, reserve_bytes)
         self._fd: int | None = None  # opened at the first frame: a source that never delivers writes nothing
         self._good = 0  # bytes of whole lines in the open file
         self.lines = 0  # in the current file

@@ -47,6 +47,13 @@ class SceneEvents:
         self._tracks: dict[int, _Track] = {}
         self.crossings: dict[tuple[str, str, str], int] = {}  # (line, label, direction) -> count
 
+    def carry_tracks(self, old: "SceneEvents") -> None:
+        """Take over another scene's live tracks (new zones or a new frame size): they stay known, so they
+        end with an `end` event, and their zone and line state starts afresh here."""
+        for track_id, tr in old._tracks.items():
+            tr.zones, tr.lines, tr.pending, tr.anchors = {}, {}, {}, {}
+            self._tracks[track_id] = tr
+
     def occupancy(self) -> dict[tuple[str, str], int]:
         """(zone, label) -> tracks steadily inside it now."""
         out: dict[tuple[str, str], int] = {}
