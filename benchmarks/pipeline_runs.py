@@ -187,10 +187,12 @@ def _run_facts(trace: Trace) -> dict:
 
 # the pipeline measurements --------------------------------------------------------------------------------
 
-def _looping(name: str, cfg: BenchConfig, speed: float | None = None) -> dict:
+def _looping(name: str, cfg: BenchConfig, speed: float | None = None, detect_fps: float | None = None) -> dict:
     src = {"name": name, "uri": cfg.clip.uri, "loop": True}
     if speed is not None:
         src.update(realtime=True, speed=speed)
+    if detect_fps is not None:
+        src["detect_fps"] = detect_fps
     return src
 
 
@@ -204,11 +206,13 @@ def unpaced(cfg: BenchConfig, n_sources: int, tag: str) -> dict:
     return summary
 
 
-def paced(cfg: BenchConfig, n_sources: int, target_fps_each: float, tag: str) -> dict:
-    """Live-paced sources (drop-oldest when the pipeline falls behind), each offering target_fps_each."""
+def paced(cfg: BenchConfig, n_sources: int, target_fps_each: float, tag: str,
+          detect_fps: float | None = None) -> dict:
+    """Live-paced sources (drop-oldest when the pipeline falls behind), each offering target_fps_each; with
+    `detect_fps`, each runs the model at most that often and the tracker predicts the frames between."""
     speed = min(1000.0, target_fps_each / cfg.clip.fps)  # the settings' bound on speed
     names = ["live"] if n_sources == 1 else [f"src{i}" for i in range(n_sources)]
-    trace, per_source = run(cfg, [_looping(n, cfg, speed) for n in names], tag, cfg.duration_s)
+    trace, per_source = run(cfg, [_looping(n, cfg, speed, detect_fps) for n in names], tag, cfg.duration_s)
     summary = latency_summary(per_source, _window(cfg))
     summary.update(target_fps=target_fps_each * n_sources, speed=speed, duration_s=trace.end.t - trace.start.t,
                    **_run_facts(trace))

@@ -85,6 +85,15 @@ class FrameQueue:
             self._on_drop(self._items.popleft(), "queue_full")
         return newest
 
+    def take_oldest(self) -> Frame | None:
+        """The oldest frame, whatever the policy (a paced source sends every frame somewhere, in order).
+        Caller holds the condition."""
+        return self._items.popleft() if self._items else None
+
+    def put_back(self, frame: Frame) -> None:
+        """Undo take_oldest (caller holds the condition)."""
+        self._items.appendleft(frame)
+
     def drain(self) -> list[Frame]:
         with self._changed:
             items = list(self._items)

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from typing import Callable
 
+from pipeline.cadence import Cadence, OrderGate, predicted
 from pipeline.errors import UserError
 from pipeline.frame import Frame, WorkItem
 from pipeline.metrics import Metrics
@@ -65,6 +66,8 @@ class Inference:
         self.worker = WorkerClient(spec)
         self.ready = False
         self._inflight: dict[tuple[int, int], _Flight] = {}
+        self._cadence = Cadence()  # sources[].detect_fps
+        self._gate = OrderGate()  # their frames, in order
         self._per_source: dict[int, int] = {}
         self.last_result_ns = time.monotonic_ns()
         self._waiting_since_ns = 0  # first dispatch with nothing in flight: the hang clock's start
@@ -180,20 +183,20 @@ class Inference:
                 n = len(readers)
                 limit = self._limit()
                 live_limit = self._settings().pipeline.live_inflight
+                for reader in readers:
+                    if reader.settings.detect_fps:
+                        batch.extend(self._pace(reader, limit, live_limit))
                 while len(self._inflight) < limit:
                     took = False
                     for k in range(n):
                         reader = readers[(turn + k) % n]
+                        if reader.settings.detect_fps:
+                            continue  # paced above
                         if reader.live and self._per_source.get(reader.id, 0) >= live_limit:
                             continue  # its next frame goes when this one is back: the newest then
                         frame = reader.queue.pop()
                         if frame is not None:
-                            flight = _Flight(reader, frame)
-                            if not self._inflight:
-                                self._waiting_since_ns = time.monotonic_ns()
-                            self._inflight[(reader.id, frame.index)] = flight
-                            self._per_source[reader.id] = self._per_source.get(reader.id, 0) + 1
-                            batch.append(flight)
+                            batch.append(self._send(reader, frame))
                             took = True
                             if len(self._inflight) >= limit:
                                 break
@@ -202,12 +205,47 @@ class Inference:
                 turn = (turn + 1) % max(n, 1)
                 self._cond.notify_all()  # blocked file readers: there is queue space now
                 worker = self.worker
+            if not batch:
+                continue
             try:
                 worker.submit([WorkItem(f.reader.id, f.frame.index, f.frame.pool, f.frame.slot,
                                         f.reader.pool_offset(f.frame), f.frame.height, f.frame.width,
                                         f.frame.t_capture_ns) for f in batch])
             except (ValueError, OSError):
                 pass  # the worker died meanwhile: the collector counts these frames as lost
+
+    def _send(self, reader, frame: Frame) -> _Flight:
+        """Book a frame as in flight (caller holds the condition); the caller submits it."""
+        flight = _Flight(reader, frame)
+        if not self._inflight:
+            self._waiting_since_ns = time.monotonic_ns()
+        self._inflight[(reader.id, frame.index)] = flight
+        self._per_source[reader.id] = self._per_source.get(reader.id, 0) + 1
+        return flight
+
+    def _pace(self, reader, limit: int, live_limit: int) -> list[_Flight]:
+        """A source with a detection rate, oldest frame first (caller holds the condition): frames due for
+        the model go to the worker, the others straight to the sinks, in order. A live source's due frame
+        that finds the worker busy skips too (the next one is due at once); a file's waits for room."""
+        sent = []
+        while True:
+            frame = reader.queue.take_oldest()
+            if frame is None:
+                return sent
+            due = self._cadence.due(reader.id, reader.live, frame, reader.settings.detect_fps)
+            room = len(self._inflight) < limit and (not reader.live
+                                                    or self._per_source.get(reader.id, 0) < live_limit)
+            self._gate.sent(reader.id, frame.index)
+            if due and room:
+                self._cadence.inferred(reader.id, reader.live, frame)
+                sent.append(self._send(reader, frame))
+            elif due and not reader.live:
+                self._gate.forget(reader.id, frame.index)
+                reader.queue.put_back(frame)
+                return sent
+            else:
+                for item in self._gate.done(reader.id, frame.index, (reader, frame, predicted(reader.id, frame))):
+                    self._deliver(*item)
 
     def _limit(self) -> int:
         return 2 * self._settings().engine.max_batch  # one batch running, one ready to go
@@ -216,10 +254,10 @@ class Inference:
         """Caller holds the condition."""
         if not self.ready or self._staged is not None or self._replace_spec is not None:
             return False  # no worker, or one is being swapped: the old one finishes what it has first
-        if len(self._inflight) >= self._limit():
-            return False
         live_limit = self._settings().pipeline.live_inflight
-        return any(len(r.queue) and (not r.live or self._per_source.get(r.id, 0) < live_limit)
+        room = len(self._inflight) < self._limit()
+        return any(len(r.queue) and (r.settings.detect_fps  # its skipping frames need no room
+                                     or (room and (not r.live or self._per_source.get(r.id, 0) < live_limit)))
                    for r in self._readers().values())
 
     # the collector --------------------------------------------------------------------------------------
@@ -260,9 +298,12 @@ class Inference:
                         self._per_source[r.source_id] -= 1
                         if self._inflight:
                             self._waiting_since_ns = self.last_result_ns
+                        if flight.reader.settings.detect_fps:  # behind the frames that skipped the model
+                            for item in self._gate.done(r.source_id, r.index, (flight.reader, flight.frame, r)):
+                                self._deliver(*item)
+                        else:
+                            self._deliver(flight.reader, flight.frame, r)
                     self._cond.notify_all()
-                if flight is not None:
-                    self._deliver(flight.reader, flight.frame, r)
 
     def _hung_for(self) -> float | None:
         with self._cond:
@@ -283,11 +324,7 @@ class Inference:
         dead = self.worker.kill()  # first: a slot goes back only once nothing can read it
         with self._cond:
             lost = self._take_all()
-        if dead:
-            self._drop(lost, reason)
-        else:  # still reading, perhaps: keep its slots taken, count the frames
-            for f in lost:
-                self.metrics.frames_dropped.labels(f.reader.name, reason).inc()
+        self._drop(lost, reason, release=dead)  # still reading, perhaps: then its slots stay taken
         log.error("%s; %d frame(s) in flight dropped", why, len(lost))
         if self._staged is not None or self._replace_spec is not None:
             return  # the collector's next pass swaps in the reload's worker
@@ -417,10 +454,15 @@ class Inference:
         self._cond.notify_all()
         return taken
 
-    def _drop(self, flights: list[_Flight], reason: str) -> None:
+    def _drop(self, flights: list[_Flight], reason: str, release: bool = True) -> None:
         for f in flights:
             self.metrics.frames_dropped.labels(f.reader.name, reason).inc()
-            f.reader.release(f.frame)
+            if release:
+                f.reader.release(f.frame)
+        with self._cond:  # frames that skipped the model waited behind these: they may go now
+            for f in flights:
+                for item in self._gate.forget(f.reader.id, f.frame.index):
+                    self._deliver(*item)
 
     def _start_timeout(self) -> float:
         return self._settings().pipeline.worker_start_timeout_s

@@ -51,7 +51,8 @@ def test_dashboard_when_read_has_units_variables_and_the_required_panels():
                    "perceptd_process_cpu_seconds_total", "perceptd_process_resident_memory_bytes",
                    "perceptd_gpu_utilization_ratio", "perceptd_gpu_memory_used_bytes", "perceptd_info",
                    "perceptd_sink_up", "perceptd_worker_hangs_total", "perceptd_reloads_total",
-                   "perceptd_source_stuck_reads"):
+                   "perceptd_source_stuck_reads", "perceptd_zone_objects", "perceptd_line_crossings_total",
+                   "perceptd_tracks_total"):
         assert metric in text, metric
     assert all(q in text for q in ("histogram_quantile(0.5,", "histogram_quantile(0.95,", "histogram_quantile(0.99,"))
 
@@ -87,7 +88,10 @@ def ready(port: int) -> bool:
 def test_dashboard_when_a_real_prometheus_scrapes_perceptd_every_expression_returns_data(
         carphone, astronaut_clip, tmp_path, cache_dir):
     need(shutil.which("prometheus") is not None, "Prometheus (Debian's prometheus)")
-    sources = [{"name": "car", "uri": str(carphone), "loop": True, "realtime": True},
+    # A zone and a line on one source, so that the tracking panels have series to show.
+    scene = {"zones": [{"name": "all", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]], "labels": ["face"]}],
+             "lines": [{"name": "middle", "points": [[0.5, 0], [0.5, 1]], "labels": ["face"]}]}
+    sources = [{"name": "car", "uri": str(carphone), "loop": True, "realtime": True, **scene},
                {"name": "astro", "uri": str(astronaut_clip), "loop": True, "realtime": True}]
     cfg = config(tmp_path / "c.yaml", sources, tmp_path / "out", 0)
     proc = start(cfg, cache_dir, tmp_path / "perceptd.log")

@@ -104,3 +104,42 @@ def test_scene_labels_when_a_filter_names_a_label_the_model_never_reports_warns_
         d.start()
         assert d.proc.wait(120) == 0
     assert "zone 'porch' counts person, which retinaface never reports; its labels: face" in d.log
+
+
+def test_detect_fps_when_set_infers_that_often_and_fills_the_frames_between_with_the_tracks(
+        carphone, tmp_path, cache_dir):
+    """carphone at 29.97 fps with detect_fps 5: about one frame in six goes through the model; every frame is
+    still written, in order, the others carrying the face's predicted box and its id."""
+    source = {"name": "car", "uri": str(carphone), "detect_fps": 5}
+    with Daemon(tmp_path, cache_dir, [source], metrics={"linger_s": 60}) as d:
+        d.start()
+        d.wait_log(r"source 'car': \d+ captured", timeout=120)
+        m = d.scrape()
+        assert d.stop() == 0, d.log
+    records = read_jsonl(d.out / "car.jsonl")
+    assert [r["frame"] for r in records] == list(range(120))
+    inferred = [r["frame"] for r in records if r["inferred"]]
+    assert 18 <= len(inferred) <= 22 and inferred[0] == 0, inferred  # 4 s of video at 5 per second
+    assert all(5 <= b - a <= 7 for a, b in zip(inferred, inferred[1:])), inferred  # evenly, in stream time
+    assert m["perceptd_batch_size_frames_sum"] == len(inferred)  # only those reached the worker
+    assert m['perceptd_stage_latency_seconds_count{source="car",stage="inference"}'] == len(inferred)
+    assert m['perceptd_frames_processed_total{source="car"}'] == 120
+    confirmed = inferred[1]  # the second detection confirms the track
+    for r in records[confirmed:]:
+        assert [det["track_id"] for det in r["detections"]] == [1], r  # predicted or detected, the same face
+    assert d.accounting()["car"] == (120, 120, 0)
+
+
+def test_detect_fps_when_a_live_source_outpaces_the_worker_drops_nothing_it_can_predict(
+        carphone, tmp_path, cache_dir):
+    source = {"name": "cam", "uri": str(carphone), "realtime": True, "speed": 2, "loop": True, "max_frames": 240,
+              "detect_fps": 4}
+    with Daemon(tmp_path, cache_dir, [source], model={"input_size": [480, 640]}) as d:
+        d.start()
+        assert d.proc.wait(120) == 0, d.log
+    records = read_jsonl(d.out / "cam.jsonl")
+    captured, processed, dropped = d.accounting()["cam"]
+    assert captured == 240 and processed + dropped == 240 and processed == len(records)
+    inferred = sum(r["inferred"] for r in records)
+    # 240 frames at 60 fps are 4 s: about 16 detections; the other frames are predictions, not drops.
+    assert 10 <= inferred <= 20 and processed >= 0.9 * 240, (inferred, processed, dropped)

@@ -3,6 +3,7 @@ latency; the source's recorder thread then encodes the drawn frame into the vide
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -25,6 +26,7 @@ from pipeline.sinks.tracks import SourceTracking
 log = logging.getLogger(__name__)
 
 _NS = 1e-9
+_MODEL_STAGES = frozenset({"preprocess", "inference", "postprocess"})
 
 
 class SourceOutput:
@@ -70,6 +72,7 @@ class SourceOutput:
                          else settings.overlay)
         self.closed = False
         self._close_lock = threading.Lock()
+        self._last_detections: tuple = ()
         self.processed = 0
         self.first_done_ns = 0
         self.last_done_ns = 0
@@ -153,7 +156,8 @@ class SourceOutput:
     def _track(self, frame: Frame, r: WorkResult) -> tuple:
         """Track ids for the frame's detections (-1: none) and the events they make."""
         wall = time.time() - (time.monotonic_ns() - frame.t_capture_ns) * _NS  # when it was captured
-        return self.tracking.step(frame.index, frame.pts_ms, wall, (frame.width, frame.height), r.detections)
+        return self.tracking.step(frame.index, frame.pts_ms, wall, (frame.width, frame.height), r.detections,
+                                  r.inferred)
 
     def _write(self, frame: Frame, r: WorkResult) -> None:
         t_sink = time.monotonic_ns()
@@ -161,7 +165,12 @@ class SourceOutput:
         if self.tracking is not None:
             tracked: list = []
             if self._tracking_guard.run(lambda: tracked.append(self._track(frame, r))):
-                ids, events = tracked[0]
+                detections, ids, events = tracked[0]
+                r = dataclasses.replace(r, detections=detections)  # a skipped frame's: the tracks' predictions
+        elif not r.inferred:
+            r = dataclasses.replace(r, detections=self._last_detections)  # no tracker: the last ones stand
+        if r.inferred:
+            self._last_detections = r.detections
         to_preview = self.preview is not None and self.preview.wants_frame()
         if self.video is not None or to_preview:
             self._overlay_guard.run(lambda: self._draw(frame, r, ids))
@@ -193,7 +202,8 @@ class SourceOutput:
             self._write_event(event)
         m = self.metrics
         for stage, ns in stages.items():
-            m.stage_latency.labels(self.name, stage).observe(max(ns, 0) * _NS)
+            if r.inferred or stage not in _MODEL_STAGES:  # a skipped frame spent no time in the model
+                m.stage_latency.labels(self.name, stage).observe(max(ns, 0) * _NS)
         m.end_to_end_latency.labels(self.name).observe(total * _NS)
         m.detections.labels(self.name).inc(len(r.detections))
         m.frames_processed.labels(self.name).inc()

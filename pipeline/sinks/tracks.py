@@ -13,6 +13,7 @@ from collections import deque
 import cv2
 import numpy as np
 
+from engines.detection import Detection
 from pipeline.metrics import Metrics
 from pipeline.settings_tracking import SceneSettings, TrackingSettings
 from pipeline.sinks.overlay import color_for
@@ -47,20 +48,27 @@ class SourceTracking:
         self.scene: SceneEvents | None = None
         self._size: tuple[int, int] | None = None
 
-    def step(self, index: int, pts_ms: float, wall: float, size: tuple[int, int], detections) -> tuple[np.ndarray, list]:
-        """Track one frame's detections; returns (track id per detection, -1 for none; events)."""
+    def step(self, index: int, pts_ms: float, wall: float, size: tuple[int, int], detections,
+             inferred: bool = True) -> tuple[tuple, np.ndarray, list]:
+        """Track one frame; returns (its detections, the track id of each, -1 for none; events). A frame the
+        model did not see (detect_fps) gets the confirmed tracks' predicted boxes as its detections."""
         if self.scene is None or size != self._size:
             self._build_scene(size)
-        boxes = np.array([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
-        scores = np.array([d.score for d in detections], dtype=np.float64)
-        labels = [d.label for d in detections]
-        # Stream time: a file processed faster than real time still loses a track after lost_s of video.
-        ids = self.tracker.update(boxes, scores, labels, t=pts_ms / 1000.0)
+        if not inferred:
+            ids, boxes, labels, scores = self.tracker.predict()
+            detections = tuple(Detection(lb, float(sc), tuple(float(v) for v in b)) for lb, sc, b in
+                               zip(labels, scores, boxes))
+        else:
+            boxes = np.array([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
+            scores = np.array([d.score for d in detections], dtype=np.float64)
+            labels = [d.label for d in detections]
+            # Stream time: a file processed faster than real time still loses a track after lost_s of video.
+            ids = self.tracker.update(boxes, scores, labels, t=pts_ms / 1000.0)
         events = self.scene.update(index, pts_ms, wall, boxes, scores, labels, ids, self.tracker.ended)
         self.last = (index, pts_ms, wall)
         self._follow(ids, boxes, labels)
         self._count(events)
-        return ids, events
+        return detections, ids, events
 
     def end(self) -> list:
         """The source stops (or restarts): every track ends; returns the events saying so."""
@@ -103,6 +111,14 @@ class SourceTracking:
         cfg = self._scene_cfg
         zones = tuple(Zone(z.name, resolve(z.polygon, w, h), frozenset(z.labels)) for z in cfg.zones)
         lines = tuple(Line(ln.name, *resolve(ln.points, w, h), frozenset(ln.labels)) for ln in cfg.lines)
+        # Zeros, not gaps, for the labels a zone or line names (any label may count where none is named).
+        for z in zones:
+            for label in z.labels:
+                self.metrics.zone_objects.labels(self.name, z.name, label)
+        for ln in lines:
+            for label in ln.labels:
+                for direction in ln.sides.values():
+                    self.metrics.line_crossings.labels(self.name, ln.name, label, direction)
         old = self.scene
         self.scene = SceneEvents(self.name, zones, lines, self.settings.anchor, self.settings.inertia)
         if old is not None:  # a reload or a new frame size: the tracks go on

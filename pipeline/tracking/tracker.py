@@ -82,6 +82,7 @@ class Tracker:
         self._state = np.zeros(0, np.int8)
         self._hits = np.zeros(0, np.int64)
         self._seen = np.zeros(0)  # time of the last match
+        self._score = np.zeros(0)  # score of the last match
         self._labels: dict = {}  # label -> small int
         self._next_id = 1
         self._frames = 0
@@ -123,7 +124,7 @@ class Tracker:
                                  codes, s.new_match_iou)
         taken[d3] = True
         rows, dets = np.concatenate([t1, t2, t3]), np.concatenate([d1, d2, d3])
-        self._matched(rows, boxes[dets], now)  # one Kalman correction for all of them
+        self._matched(rows, boxes[dets], scores[dets], now)  # one Kalman correction for all of them
         ids = self._id[rows]
         out[dets] = np.where(ids > 0, ids, -1)  # matched but still tentative: no id yet
 
@@ -143,13 +144,23 @@ class Tracker:
         starts = high_left[scores[high_left] >= s.new_track_score]
         if len(starts):
             start = len(self._state)
-            self._add(boxes[starts], codes[starts], now)
+            self._add(boxes[starts], codes[starts], scores[starts], now)
             if s.min_hits <= 1:
                 rows = np.arange(start, start + len(starts))
                 self._confirm(rows)
                 out[starts] = self._id[rows]
         self.born = np.arange(first_id, self._next_id, dtype=np.int64)
         return out
+
+    def predict(self) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
+        """A frame the detector did not see: move every track on by one frame, and return the confirmed,
+        tracked ones (ids, predicted boxes [K, 4], labels, last scores). No track is lost for it."""
+        self._frames += 1
+        self._kf.predict()
+        self.born, self.ended = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        rows = np.nonzero(self._state == TRACKED)[0]
+        names = {code: label for label, code in self._labels.items()}
+        return self._id[rows], self._kf.boxes()[rows], [names[c] for c in self._label[rows]], self._score[rows]
 
     def end_all(self) -> np.ndarray:
         """End every track (the source stops); returns the ids of the confirmed ones."""
@@ -171,12 +182,13 @@ class Tracker:
         r, c = greedy_match(iou, threshold)
         return track_rows[r], det_rows[c]
 
-    def _matched(self, rows: np.ndarray, boxes: np.ndarray, now: float) -> None:
+    def _matched(self, rows: np.ndarray, boxes: np.ndarray, scores: np.ndarray, now: float) -> None:
         if not len(rows):
             return
         self._kf.update(rows, xyxy_to_xyah(boxes))
         self._hits[rows] += 1
         self._seen[rows] = now
+        self._score[rows] = scores
         confirmed = self._state[rows] != NEW
         self._state[rows[confirmed]] = TRACKED
         ready = rows[(~confirmed) & (self._hits[rows] >= self.settings.min_hits)]
@@ -188,7 +200,7 @@ class Tracker:
             self._next_id += 1
         self._state[rows] = TRACKED
 
-    def _add(self, boxes: np.ndarray, codes: np.ndarray, now: float) -> None:
+    def _add(self, boxes: np.ndarray, codes: np.ndarray, scores: np.ndarray, now: float) -> None:
         n = len(boxes)
         self._kf.add(xyxy_to_xyah(boxes))
         self._id = np.concatenate([self._id, np.zeros(n, np.int64)])
@@ -196,8 +208,9 @@ class Tracker:
         self._state = np.concatenate([self._state, np.full(n, NEW, np.int8)])
         self._hits = np.concatenate([self._hits, np.ones(n, np.int64)])
         self._seen = np.concatenate([self._seen, np.full(n, now)])
+        self._score = np.concatenate([self._score, scores])
 
     def _keep(self, rows: np.ndarray) -> None:
         self._kf.keep(rows)
-        for name in ("_id", "_label", "_state", "_hits", "_seen"):
+        for name in ("_id", "_label", "_state", "_hits", "_seen", "_score"):
             setattr(self, name, getattr(self, name)[rows])
