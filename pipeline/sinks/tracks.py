@@ -8,6 +8,7 @@ source for the daemon's lifetime.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 
 import cv2
@@ -20,6 +21,8 @@ from pipeline.sinks.overlay import color_for
 from pipeline.tracking import Tracker, TrackerSettings
 from pipeline.tracking.events import SceneEvents
 from pipeline.tracking.zones import Line, Zone, reference_points, resolve
+
+log = logging.getLogger(__name__)
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -111,6 +114,12 @@ class SourceTracking:
         cfg = self._scene_cfg
         zones = tuple(Zone(z.name, resolve(z.polygon, w, h), frozenset(z.labels)) for z in cfg.zones)
         lines = tuple(Line(ln.name, *resolve(ln.points, w, h), frozenset(ln.labels)) for ln in cfg.lines)
+        for kind, name, pts in ([("zone", z.name, z.polygon) for z in zones] + [("line", ln.name, np.stack([ln.a, ln.b]))
+                                                                                 for ln in lines]):
+            if (pts[:, 0] > w).any() or (pts[:, 1] > h).any():  # pixels meant for another resolution
+                log.warning("source '%s': %s '%s' reaches outside the %dx%d frame (%s); use fractions of the frame "
+                            "(0-1) so that it fits any resolution", self.name, kind, name, w, h,
+                            pts.round(1).tolist())
         # Zeros, not gaps, for the labels a zone or line names (any label may count where none is named).
         for z in zones:
             for label in z.labels:

@@ -15,19 +15,40 @@ _VEL = 1.0 / 160  # velocity noise, likewise
 
 _F = np.eye(8)
 _F[:4, 4:] = np.eye(4)  # x' = x + v
-_H = np.eye(4, 8)
+_DIAG8, _DIAG4 = np.arange(8), np.arange(4)
+# Standard deviations as (scale by the box height, constant): per frame these are a multiply and an add,
+# not a stack of eight small arrays (the tracker's cost at a few boxes is numpy call overhead).
+_INIT = (np.array([2 * _POS, 2 * _POS, 0, 2 * _POS, 10 * _VEL, 10 * _VEL, 0, 10 * _VEL]),
+         np.array([0, 0, 1e-2, 0, 0, 0, 1e-5, 0]))
+_PROCESS = (np.array([_POS, _POS, 0, _POS, _VEL, _VEL, 0, _VEL]), np.array([0, 0, 1e-2, 0, 0, 0, 1e-5, 0]))
+_MEASURE = (np.array([_POS, _POS, 0, _POS]), np.array([0, 0, 1e-1, 0]))
+
+
+def _variance(h: np.ndarray, scale_const: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    scale, const = scale_const
+    return (h[:, None] * scale + const) ** 2
 
 
 def xyxy_to_xyah(boxes: np.ndarray) -> np.ndarray:
+    out = np.empty((len(boxes), 4))
     w = boxes[:, 2] - boxes[:, 0]
     h = boxes[:, 3] - boxes[:, 1]
-    return np.stack([boxes[:, 0] + w / 2, boxes[:, 1] + h / 2, w / np.maximum(h, 1e-6), h], axis=1)
+    out[:, 0] = boxes[:, 0] + w / 2
+    out[:, 1] = boxes[:, 1] + h / 2
+    out[:, 2] = w / np.maximum(h, 1e-6)
+    out[:, 3] = h
+    return out
 
 
 def xyah_to_xyxy(xyah: np.ndarray) -> np.ndarray:
-    w = xyah[:, 2] * xyah[:, 3]
-    h = xyah[:, 3]
-    return np.stack([xyah[:, 0] - w / 2, xyah[:, 1] - h / 2, xyah[:, 0] + w / 2, xyah[:, 1] + h / 2], axis=1)
+    out = np.empty((len(xyah), 4))
+    half_w = xyah[:, 2] * xyah[:, 3] / 2
+    half_h = xyah[:, 3] / 2
+    out[:, 0] = xyah[:, 0] - half_w
+    out[:, 1] = xyah[:, 1] - half_h
+    out[:, 2] = xyah[:, 0] + half_w
+    out[:, 3] = xyah[:, 1] + half_h
+    return out
 
 
 class KalmanBoxes:
@@ -42,13 +63,9 @@ class KalmanBoxes:
         return len(self.mean)
 
     def add(self, xyah: np.ndarray) -> None:
-        h = xyah[:, 3]
         mean = np.concatenate([xyah, np.zeros_like(xyah)], axis=1)
-        std = np.stack([2 * _POS * h, 2 * _POS * h, np.full_like(h, 1e-2), 2 * _POS * h,
-                        10 * _VEL * h, 10 * _VEL * h, np.full_like(h, 1e-5), 10 * _VEL * h], axis=1)
-        cov = np.zeros((len(h), 8, 8))
-        idx = np.arange(8)
-        cov[:, idx, idx] = std ** 2
+        cov = np.zeros((len(xyah), 8, 8))
+        cov[:, _DIAG8, _DIAG8] = _variance(xyah[:, 3], _INIT)
         self.mean = np.concatenate([self.mean, mean])
         self.cov = np.concatenate([self.cov, cov])
 
@@ -59,24 +76,18 @@ class KalmanBoxes:
     def predict(self) -> None:
         if not len(self.mean):
             return
-        h = self.mean[:, 3]
-        std = np.stack([_POS * h, _POS * h, np.full_like(h, 1e-2), _POS * h,
-                        _VEL * h, _VEL * h, np.full_like(h, 1e-5), _VEL * h], axis=1)
+        noise = _variance(self.mean[:, 3], _PROCESS)
         self.mean = self.mean @ _F.T
         self.cov = _F @ self.cov @ _F.T
-        idx = np.arange(8)
-        self.cov[:, idx, idx] += std ** 2
+        self.cov[:, _DIAG8, _DIAG8] += noise
 
     def update(self, rows: np.ndarray, xyah: np.ndarray) -> None:
         """Correct the tracks at `rows` with measured boxes (xyah), one per row."""
         if not len(rows):
             return
         mean, cov = self.mean[rows], self.cov[rows]
-        h = mean[:, 3]
-        r = np.stack([_POS * h, _POS * h, np.full_like(h, 1e-1), _POS * h], axis=1) ** 2
         s = cov[:, :4, :4].copy()  # H P H^T
-        idx = np.arange(4)
-        s[:, idx, idx] += r
+        s[:, _DIAG4, _DIAG4] += _variance(mean[:, 3], _MEASURE)
         pht = cov[:, :, :4]  # P H^T
         gain = np.linalg.solve(s, pht.transpose(0, 2, 1)).transpose(0, 2, 1)  # P H^T S^-1 (S symmetric)
         innovation = xyah - mean[:, :4]

@@ -55,7 +55,7 @@ def greedy_match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndar
     rows, cols = np.nonzero(iou >= threshold)
     if not len(rows):
         return rows, cols
-    if len(np.unique(rows)) == len(rows) and len(np.unique(cols)) == len(cols):
+    if np.bincount(rows).max() == 1 and np.bincount(cols).max() == 1:
         return rows, cols  # the usual frame: no track or detection has two candidates
     order = np.argsort(-iou[rows, cols], kind="stable")
     used_r, used_c, out_r, out_c = set(), set(), [], []
