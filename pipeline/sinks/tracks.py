@@ -114,8 +114,9 @@ class SourceTracking:
         cfg = self._scene_cfg
         zones = tuple(Zone(z.name, resolve(z.polygon, w, h), frozenset(z.labels)) for z in cfg.zones)
         lines = tuple(Line(ln.name, *resolve(ln.points, w, h), frozenset(ln.labels)) for ln in cfg.lines)
-        for kind, name, pts in ([("zone", z.name, z.polygon) for z in zones] + [("line", ln.name, np.stack([ln.a, ln.b]))
-                                                                                 for ln in lines]):
+        shapes = [("zone", z.name, z.polygon) for z in zones] + [("line", ln.name, np.stack([ln.a, ln.b]))
+                                                                   for ln in lines]
+        for kind, name, pts in shapes:
             if (pts[:, 0] > w).any() or (pts[:, 1] > h).any():  # pixels meant for another resolution
                 log.warning("source '%s': %s '%s' reaches outside the %dx%d frame (%s); use fractions of the frame "
                             "(0-1) so that it fits any resolution", self.name, kind, name, w, h,
