@@ -162,6 +162,11 @@ class _Builder:
         if monitor is not None:
             config.progress_monitor = monitor
         serialized = builder.build_serialized_network(network, config)
+        if calibrator is not None and not calibrator.cache_used and calibrator.count == 0:
+            # Too few readable images for one batch: TensorRT would otherwise fail with a bare "no scales".
+            raise UserError(f"engine.calibration_images: no calibration batch of {job.profile[2][0]} could be made "
+                            f"from {len(job.calibration.images)} image(s) (unreadable ones are skipped, see the log); "
+                            "add readable frames or lower engine.max_batch")
         del calibrator  # after the build: TensorRT calls it until then
         if serialized is None:
             raise fail(f"TensorRT could not build an engine for {job.model_path.name}")
@@ -171,11 +176,10 @@ class _Builder:
     def _calibrator(self, job, builder, config, name):
         if not job.plan.calibrate:
             return None
-        from engines.calibration import family_preprocessor, make_calibrator
+        from engines.calibration import make_calibrator
 
         _, _, hi = job.profile
-        preprocess = family_preprocessor(job.family, job.input_hw, job.preprocess) if job.calibration.images else None
-        calibrator = make_calibrator(self.trt, self.cuda, job.calibration, preprocess, hi)
+        calibrator = make_calibrator(self.trt, self.cuda, job.calibration, hi)
         fixed = builder.create_optimization_profile()  # calibration runs at one shape: the largest batch
         fixed.set_shape(name, hi, hi, hi)
         if not config.set_calibration_profile(fixed):
