@@ -287,6 +287,10 @@ class TensorRTEngine(Engine):
         self.job = plan_build(self.model_path, self.options, self.onnx, facts)
         builder = _Builder(trt, self.cuda, self._log)
         self.artifact = load_or_build(self.job, builder)
+        if self.job.dla_core is not None:
+            # A DLA engine runs on the runtime's DLA_core, set before deserialising: the core it was built for
+            # is not guaranteed to carry over (TensorRT's default is core 0).
+            self._runtime.DLA_core = self.job.dla_core
         mark = self._log.mark()
         self._engine = self._runtime.deserialize_cuda_engine(self.artifact.data)
         if self._engine is None and not self.artifact.built:
