@@ -190,6 +190,13 @@ def make_calibrator(trt, cuda, source: CalibrationSource, batch_shape: tuple[int
                 self.cache_used = True
             return data
 
+        def check_fed(self) -> None:
+            """UserError when TensorRT got neither a cache nor one batch (the images were unreadable)."""
+            if not self.cache_used and self.count == 0:
+                raise UserError(f"engine.calibration_images: no calibration batch of {per_batch} could be made from "
+                                f"{len(source.images)} image(s) (unreadable ones are skipped, see the log); add "
+                                "readable frames or lower engine.max_batch")
+
         def write_calibration_cache(self, cache):
             write_cache(source, bytes(cache), self.count)
             log.info("int8: calibration cache written to %s (%d batches)", source.cache_path, self.count)

@@ -162,11 +162,8 @@ class _Builder:
         if monitor is not None:
             config.progress_monitor = monitor
         serialized = builder.build_serialized_network(network, config)
-        if calibrator is not None and not calibrator.cache_used and calibrator.count == 0:
-            # Too few readable images for one batch: TensorRT would otherwise fail with a bare "no scales".
-            raise UserError(f"engine.calibration_images: no calibration batch of {job.profile[2][0]} could be made "
-                            f"from {len(job.calibration.images)} image(s) (unreadable ones are skipped, see the log); "
-                            "add readable frames or lower engine.max_batch")
+        if calibrator is not None:
+            calibrator.check_fed()  # before TensorRT's bare "no scaling factors" when no batch could be made
         del calibrator  # after the build: TensorRT calls it until then
         if serialized is None:
             raise fail(f"TensorRT could not build an engine for {job.model_path.name}")
