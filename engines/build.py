@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Optional, Protocol
 
 from engines.cache import (EngineKey, FileLock, atomic_write, decide, default_cache_dir, ensure_writable, key_stem,
                            make_sidecar, read_sidecar, sidecar_path, timing_cache_path, write_sidecar)
-from engines.calibration import CalibrationSource, calibration_source
+from engines.calibration import CalibrationSource, Preprocess, calibration_source
 from engines.base import report_progress
 from engines.errors import ModelError, UserError
 
@@ -53,20 +53,16 @@ class TensorRTOptions:
     calibration_cache: Optional[str] = None
     verify: bool = True
     verify_tolerance: Optional[float] = None
-    # int8 calibration preprocesses images as frames are at run time: this family's adapter, with these
-    # keyword arguments (classifiers' mean/std/resize).
-    family: Optional[str] = None
-    preprocess: tuple[tuple[str, object], ...] = ()
+    # int8 calibration preprocesses images as frames are at run time; that is the model family's business,
+    # so the caller supplies it (engines.calibration.Preprocess: picklable, it crosses into the worker).
+    calibration_preprocess: Optional[Preprocess] = None
 
     @classmethod
-    def from_settings(cls, engine, family: Optional[str] = None, model=None) -> "TensorRTOptions":
-        """From pipeline.settings.EngineSettings, the resolved model family and ModelSettings."""
+    def from_settings(cls, engine, calibration_preprocess: Optional[Preprocess] = None) -> "TensorRTOptions":
+        """From pipeline.settings.EngineSettings."""
         as_str = lambda p: str(p) if p is not None else None  # noqa: E731
-        preprocess: tuple = ()
-        if family == "classifier" and model is not None and hasattr(model, "resize"):
-            preprocess = (("mean", model.mean), ("std", model.std), ("resize", model.resize))
         return cls(engine.workspace_mb, engine.dla_core, as_str(engine.calibration_images),
-                   as_str(engine.calibration_cache), engine.verify, engine.verify_tolerance, family, preprocess)
+                   as_str(engine.calibration_cache), engine.verify, engine.verify_tolerance, calibration_preprocess)
 
 
 @dataclass(frozen=True)
@@ -112,8 +108,6 @@ class BuildJob:
     workspace_mb: int
     dla_core: Optional[int]
     calibration: Optional[CalibrationSource]
-    family: Optional[str]
-    preprocess: tuple
     verify: bool
     tolerance: float
 
@@ -226,16 +220,17 @@ def plan_build(model_path: Path, options: "EngineOptions", onnx: OnnxFacts, rt: 
     directory = engines_dir(getattr(options, "cache_dir", None))
     calibration = None
     if plan.calibrate:
-        default = directory / f"{key_stem(model_path.stem, onnx.sha256)}-{lo[2]}x{lo[3]}.calib"
+        # The default cache is per model, input size and (appended there) calibration data: a new image set
+        # never meets the scales of the old one.
+        default = directory / f"{key_stem(model_path.stem, onnx.sha256)}-{lo[2]}x{lo[3]}"
         images = Path(trt_opts.calibration_images) if trt_opts.calibration_images else None
         cache = Path(trt_opts.calibration_cache) if trt_opts.calibration_cache else None
-        calibration = calibration_source(images, cache, default)
+        calibration = calibration_source(images, cache, default, hi[0], trt_opts.calibration_preprocess)
     key = EngineKey(onnx.sha256, rt.tensorrt, rt.gpu, rt.compute_capability, options.precision,
                     (lo[0], hi[0]), (lo[2], lo[3]), dla, calibration.digest if calibration else "")
     tolerance = trt_opts.verify_tolerance or DEFAULT_TOLERANCE[options.precision]
     return BuildJob(model_path, onnx, key, directory / key.file_name(model_path.stem), plan, (lo, opt, hi),
-                    trt_opts.workspace_mb, dla, calibration, trt_opts.family, trt_opts.preprocess, trt_opts.verify,
-                    tolerance)
+                    trt_opts.workspace_mb, dla, calibration, trt_opts.verify, tolerance)
 
 
 class Builder(Protocol):

@@ -162,6 +162,8 @@ class _Builder:
         if monitor is not None:
             config.progress_monitor = monitor
         serialized = builder.build_serialized_network(network, config)
+        if calibrator is not None:
+            calibrator.check_fed()  # before TensorRT's bare "no scaling factors" when no batch could be made
         del calibrator  # after the build: TensorRT calls it until then
         if serialized is None:
             raise fail(f"TensorRT could not build an engine for {job.model_path.name}")
@@ -171,11 +173,10 @@ class _Builder:
     def _calibrator(self, job, builder, config, name):
         if not job.plan.calibrate:
             return None
-        from engines.calibration import family_preprocessor, make_calibrator
+        from engines.calibration import make_calibrator
 
         _, _, hi = job.profile
-        preprocess = family_preprocessor(job.family, job.input_hw, job.preprocess) if job.calibration.images else None
-        calibrator = make_calibrator(self.trt, self.cuda, job.calibration, preprocess, hi)
+        calibrator = make_calibrator(self.trt, self.cuda, job.calibration, hi)
         fixed = builder.create_optimization_profile()  # calibration runs at one shape: the largest batch
         fixed.set_shape(name, hi, hi, hi)
         if not config.set_calibration_profile(fixed):
@@ -283,6 +284,10 @@ class TensorRTEngine(Engine):
         self.job = plan_build(self.model_path, self.options, self.onnx, facts)
         builder = _Builder(trt, self.cuda, self._log)
         self.artifact = load_or_build(self.job, builder)
+        if self.job.dla_core is not None:
+            # A DLA engine runs on the runtime's DLA_core, set before deserialising: the core it was built for
+            # is not guaranteed to carry over (TensorRT's default is core 0).
+            self._runtime.DLA_core = self.job.dla_core
         mark = self._log.mark()
         self._engine = self._runtime.deserialize_cuda_engine(self.artifact.data)
         if self._engine is None and not self.artifact.built:

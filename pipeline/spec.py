@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from engines.adapters import AdapterParams, read_labels
 from engines.base import EngineOptions
 from engines.build import TensorRTOptions
 from engines.zoo import ResolvedModel, resolve_model
+from pipeline.calibration import calibration_preprocess
 from pipeline.settings import Settings
 from pipeline.worker import WorkerSpec
 
@@ -33,10 +35,13 @@ def build_worker_spec(settings: Settings, source_hw: tuple[int, int]) -> tuple[W
         options=EngineOptions(max_batch=s.engine.max_batch, threads=s.engine.threads, precision=s.engine.precision,
                               device=s.engine.device,
                               input_hw=model.input_size, cache_dir=str(s.engine.cache_dir),
-                              tensorrt=TensorRTOptions.from_settings(s.engine, model.family, m)),
+                              tensorrt=TensorRTOptions.from_settings(s.engine)),
         batch_timeout_s=s.pipeline.batch_timeout_ms / 1000.0,
         log_level=logging.getLogger().getEffectiveLevel(),
         source_hw=source_hw, mean=m.mean, std=m.std, resize=m.resize)
+    if s.engine.precision == "int8":  # TensorRT calibrates on images preprocessed as the worker's frames are
+        trt = dataclasses.replace(spec.options.tensorrt, calibration_preprocess=calibration_preprocess(spec))
+        spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, tensorrt=trt))
     return spec, model
 
 

@@ -1,9 +1,10 @@
 """Everything around TensorRT that runs without it: cache key, sidecar matching, rebuild decisions, the
 cache lock, the unwritable cache directory, precision plans per TensorRT generation (int8 refusals),
-engine verification against ONNX Runtime, calibration data, and the CLI/backend without TensorRT.
+engine verification against ONNX Runtime, and the CLI/backend without TensorRT (int8 calibration data:
+tests/test_tensorrt_int8.py; engines/tensorrt.py itself over a stand-in TensorRT: tests/test_tensorrt_layer.py).
 
 TensorRT cannot run here, so load_or_build is driven by StandInBuilder: it returns bytes where TensorRT
-would return a plan. Everything else (files, locks, ONNX Runtime, real models and photos) is real.
+would return a plan. Everything else (files, locks, ONNX Runtime, real models) is real.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -23,11 +23,10 @@ from engines.base import EngineError, EngineOptions, create_engine
 from engines.build import (OnnxFacts, RuntimeFacts, TensorRTOptions, inspect_onnx, load_or_build, plan_build,
                            plan_precision, record_verification)
 from engines.cache import EngineKey, FileLock, decide, sidecar_path, timing_cache_path
-from engines.calibration import batches, calibration_source, family_preprocessor
 from engines.verify import EngineVerificationError, Verification, check, compare_with_onnxruntime
 from engines.zoo import materialise
 from pipeline.errors import ModelError, UserError
-from tests.conftest import REPO, photo_bgr, run_perceptd
+from tests.conftest import REPO, run_perceptd
 from tests.test_fp16 import runner, tiny_conv_model
 
 KEY = EngineKey("ab" * 32, "10.3.0.30", "Orin", "8.7", "fp16", (1, 4), (640, 640))
@@ -268,21 +267,6 @@ def test_plan_build_when_int8_has_no_calibration_data_refuses(tmp_path, retinafa
         plan_build(retinaface, missing, retinaface_facts, JETSON_10)
 
 
-def test_plan_build_when_int8_has_images_keys_the_engine_on_them(tmp_path, retinaface, retinaface_facts, photos):
-    folder = Path(next(iter(photos.values()))).parent
-    job = plan_build(retinaface, options(tmp_path, "int8", calibration_images=str(folder), family="retinaface"),
-                     retinaface_facts, JETSON_10)
-    assert job.plan.calibrate and len(job.calibration.images) == 3
-    assert job.key.calibration.startswith("images:") and job.calibration.cache_path.suffix == ".calib"
-    (folder / "extra.png").write_bytes((folder / "coffee.png").read_bytes())
-    try:
-        again = plan_build(retinaface, options(tmp_path, "int8", calibration_images=str(folder)), retinaface_facts,
-                           JETSON_10)
-    finally:
-        (folder / "extra.png").unlink()
-    assert again.engine_path != job.engine_path  # new calibration data, new engine
-
-
 def test_plan_build_when_int8_has_only_an_existing_cache_uses_it(tmp_path, retinaface, retinaface_facts):
     cache = tmp_path / "scales.calib"
     cache.write_bytes(b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n")
@@ -372,35 +356,6 @@ def test_record_verification_when_written_is_read_back_from_the_sidecar(built):
     assert not again.built and Verification.from_dict(again.sidecar["verification"]) == v
 
 
-# --------------------------------------------------------------------------------------- calibration
-
-def test_calibration_batches_when_images_are_given_are_preprocessed_like_frames(photos, tmp_path):
-    folder = tmp_path / "calib"
-    folder.mkdir()
-    for name, path in photos.items():
-        (folder / f"{name}.png").write_bytes(path.read_bytes())
-    (folder / "broken.jpg").write_bytes(b"not an image")
-    (folder / "notes.txt").write_text("ignored")
-    source = calibration_source(folder, None, tmp_path / "default.calib")
-    assert [p.name for p in source.images] == ["astronaut.png", "broken.jpg", "chelsea.png", "coffee.png"]
-    preprocess = family_preprocessor("retinaface", (256, 256))
-    got = list(batches(source.images, preprocess, (2, 3, 256, 256)))
-    assert len(got) == 1  # 3 readable images in batches of 2: the partial batch is dropped
-    want = np.zeros((3, 256, 256), np.float32)
-    preprocess(cv2.imread(str(photos["astronaut"])), want)
-    np.testing.assert_array_equal(got[0][0], want)
-    with pytest.raises(UserError, match="model.family"):
-        family_preprocessor("auto", (256, 256))
-
-
-def test_calibration_source_when_folder_is_empty_or_missing_refuses(tmp_path):
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="has no images"):
-        calibration_source(tmp_path / "empty", None, tmp_path / "x.calib")
-    with pytest.raises(UserError, match="not a directory"):
-        calibration_source(tmp_path / "missing", None, tmp_path / "x.calib")
-
-
 # --------------------------------------------------------------------------------------- without TensorRT
 
 def test_tensorrt_backend_when_tensorrt_is_not_importable_is_a_user_error(retinaface):
@@ -430,10 +385,6 @@ def test_build_engine_cli_when_tensorrt_is_not_importable_exits_2_with_one_line(
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("perceptd: error: TensorRT is not importable here")
     assert "JetPack" in lines[0] and "pycuda" in lines[0]
-
-
-def test_photos_fixture_is_real():  # guards the calibration tests against an empty fixture
-    assert photo_bgr("astronaut").shape == (512, 512, 3)
 
 
 def test_build_heartbeat_when_a_build_runs_reports_progress_to_the_worker_hook(monkeypatch):

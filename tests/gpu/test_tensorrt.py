@@ -108,3 +108,35 @@ def test_worker_when_backend_is_auto_on_a_gpu_picks_tensorrt(cache_dir, tmp_path
     finally:
         worker.stop()
     assert info["backend"] == "tensorrt" and info["device"] == "cuda" and info["input_size"] == [320, 320]
+
+
+def test_tensorrt_engine_when_int8_calibrates_on_photos_matches_onnxruntime_and_reuses_its_scales(tmp_path, photos,
+                                                                                                 caplog):
+    """TensorRT 8.5-10's entropy calibrator fed by real photos, preprocessed by the caller's callable; the
+    scales are written beside their digest and read back by the next build instead of calibrating again."""
+    import tensorrt
+
+    from pipeline.calibration import FramePreprocess
+
+    if int(tensorrt.__version__.split(".")[0]) >= 11:
+        pytest.skip(f"TensorRT {tensorrt.__version__} has no calibrators (int8 needs a quantized model)")
+    caplog.set_level(logging.INFO, logger="engines")
+    model = tiny_conv_model(tmp_path / "tiny.onnx")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for path in photos.values():
+        (folder / path.name).write_bytes(path.read_bytes())
+    int8 = dataclasses.replace(options(tmp_path, "int8", max_batch=2), tensorrt=TensorRTOptions(
+        calibration_images=str(folder), calibration_preprocess=FramePreprocess("classifier")))
+    x = np.random.default_rng(2).uniform(0, 1, (2, 3, 32, 32)).astype(np.float32)
+    with create_engine("tensorrt", model, int8) as engine:
+        err, diff = normalised(engine.infer(x), reference(model, x))
+        cache = engine.job.calibration.cache_path
+    print(f"tiny int8: max abs diff vs onnxruntime {diff:.3g} (normalised {err:.3g})")
+    assert err <= 0.25 and cache.is_file() and "1 batch(es) of 2 fed to TensorRT" in caplog.text
+    caplog.clear()
+    again = dataclasses.replace(int8, cache_dir=str(tmp_path / "other"),  # a new engine, the same scales
+                                tensorrt=dataclasses.replace(int8.tensorrt, calibration_cache=str(cache)))
+    with create_engine("tensorrt", model, again) as engine:
+        assert engine.artifact.built
+    assert f"using calibration cache {cache}" in caplog.text and "fed to TensorRT" not in caplog.text
