@@ -20,15 +20,15 @@ def crossing_clip(tmp_path_factory):
     face = photo_bgr("astronaut")[20:240, 150:330]  # her head and shoulders, 180x220
     h, w = face.shape[:2]
     background = cv2.GaussianBlur(cv2.resize(photo_bgr("coffee"), (640, 360)), (0, 0), 8)
-    path = cv2.VideoWriter(str(tmp_path_factory.mktemp("clips") / "crossing.avi"), cv2.VideoWriter_fourcc(*"MJPG"),
-                           25.0, (640, 360))
+    clip = tmp_path_factory.mktemp("clips") / "crossing.avi"
+    path = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (640, 360))
     xs = list(range(40, 420, 10)) + list(range(420, 40, -10))  # the face's left edge: centre 130 -> 510 -> 130
     for x in xs:
         frame = background.copy()
         frame[70:70 + h, x:x + w] = face
         path.write(frame)
     path.release()
-    return tmp_path_factory.getbasetemp() / "clips0" / "crossing.avi", len(xs)
+    return clip, len(xs)
 
 
 def test_tracking_when_a_face_moves_across_a_line_and_a_zone_reports_exactly_the_crossings_made(
