@@ -91,6 +91,15 @@ class Metrics:
         self.line_crossings = Counter(
             "perceptd_line_crossings_total", "Tracks that crossed a line, by the side they went to",
             ["source", "line", "label", "direction"], registry=r)
+        self.mqtt_connected = Gauge(
+            "perceptd_mqtt_connected", "1 while connected to the MQTT broker", registry=r)
+        self.mqtt_dropped = Counter(
+            "perceptd_mqtt_dropped_total", "MQTT messages dropped (the oldest) while the broker was away or slow",
+            registry=r)
+        self.webhook_sent = Counter(
+            "perceptd_webhook_sent_total", "Track events POSTed to the webhook", ["result"], registry=r)
+        for result in ("ok", "failed", "dropped"):
+            self.webhook_sent.labels(result)
         self.reloads = Counter(
             "perceptd_reloads_total", "Configuration reloads (SIGHUP): ok, rejected (the file did not validate) or "
             "failed (the new model or engine did not load; the old one kept serving)", ["result"], registry=r)

@@ -19,7 +19,7 @@ from pipeline.errors import SourceError, SourceUnsupported
 from pipeline.frame import Frame, WorkResult
 from pipeline.http import HttpServer
 from pipeline.inference import Inference
-from pipeline.metrics import Metrics
+from pipeline.metrics import DROP_REASONS, Metrics
 from pipeline.progress import Progress
 from pipeline.settings import Settings, SourceSettings
 from pipeline.shm import remove_stale_blocks
@@ -27,7 +27,10 @@ from pipeline.sinks import SourceOutput, retention
 from pipeline.sinks.files import probe_video_codec
 from pipeline.sinks.outdir import OutputDir
 from pipeline.sinks.preview import Preview
+from pipeline.sinks.fanout import EventsOut
+from pipeline.sinks.mqtt import MqttPublisher
 from pipeline.sinks.tracks import SourceTracking
+from pipeline.sinks.webhook import Webhook
 from pipeline.sources import VideoSource, make_source
 from pipeline.spec import adapter_params, build_worker_spec
 from pipeline.supervisor import WorkerClient
@@ -51,6 +54,8 @@ class Pipeline:
         self._retiring: set[int] = set()
         self._closing_outputs: list[SourceOutput] = []  # replaced by a reload, finalising in the background
         self._tracking: dict[str, SourceTracking] = {}  # by source name: ids never reused while the daemon runs
+        self.events_out = EventsOut()  # MQTT, webhook
+        self._states: dict[str, str] = {}  # source name -> last state told to them
         self._ids = itertools.count()
         self.inference: Inference | None = None
         self.http: HttpServer | None = None
@@ -94,6 +99,9 @@ class Pipeline:
                 d.close()
             raise
         self.metrics.set_engine(model.name, info["backend"], info["precision"], info["device"])
+        self.events_out = EventsOut(
+            MqttPublisher(s.mqtt, self.metrics, spec.labels, self.stats) if s.mqtt and s.mqtt.enabled else None,
+            Webhook(s.webhook, self.metrics) if s.webhook else None)
         for src, source in sources:
             self._add(src, source)
 
@@ -169,7 +177,8 @@ class Pipeline:
                            self.metrics.preview_frames.labels(name)) if w.enabled and s.metrics.enabled else None)
         # Its files get names no earlier output has (a source restarted by a reload gets new ones too).
         return SourceOutput(name, s.sinks, self.outdir, lambda: source.info.fps if source.info else 0.0,
-                            self.metrics, reader.release, preview, self._tracking_for(reader.settings), after)
+                            self.metrics, reader.release, preview, self._tracking_for(reader.settings), after,
+                            self.events_out)
 
     def _tracking_for(self, src: SourceSettings) -> SourceTracking | None:
         """The source's tracking, kept by name across outputs and restarts; None where there is none to do
@@ -197,6 +206,7 @@ class Pipeline:
     def start(self) -> None:
         if self.http is not None:
             self.http.start()
+        self.events_out.start()
         self.started = True
         for sid in list(self.readers):
             self.outputs[sid].start()
@@ -246,6 +256,9 @@ class Pipeline:
         for reader in list(self.readers.values()):
             self.metrics.queue_depth.labels(reader.name).set(len(reader.queue))
             reader.check_stall()
+            if self._states.get(reader.name) != reader.state and reader.state in ("up", "down"):
+                self._states[reader.name] = reader.state
+                self.events_out.source_state(reader.name, reader.state == "up")
         self._reap()
         sinks = self.settings.sinks
         if now >= self._next_retention:
@@ -309,6 +322,21 @@ class Pipeline:
                                 "frames": output.processed, "reconnects": reader.reconnects,
                                 "stuck_reads": reader.stuck_reads, "paused": output.paused()}
         return out
+
+    def stats(self) -> dict:
+        """Per-source rates and latency for MQTT's periodic stats message."""
+        out = {}
+        for sid, reader in list(self.readers.items()):
+            output = self.outputs.get(sid)
+            if output is None:
+                continue
+            fps, _ = output.stats()
+            p50, p99 = output.latency_percentiles()
+            dropped = sum(self.metrics.registry.get_sample_value(
+                "perceptd_frames_dropped_total", {"source": reader.name, "reason": r}) or 0 for r in DROP_REASONS)
+            out[reader.name] = {"state": reader.state, "fps": round(fps, 2), "latency_p50_ms": p50,
+                                "latency_p99_ms": p99, "dropped": int(dropped), "frames": output.processed}
+        return {"time": time.time(), "sources": out}
 
     @property
     def ready(self) -> bool:
@@ -419,6 +447,9 @@ class Pipeline:
         for name in dict.fromkeys(r.name for r in readers):
             line = self.metrics.accounting(name)
             (log.warning if " != " in line else log.info)("%s", line)
+        for reader in readers:
+            self.events_out.source_state(reader.name, False)
+        self.events_out.stop()  # after the outputs: their last events (tracks ending) go out too
         for d in self._outdirs:
             d.close()
         if self.http is not None:

@@ -213,7 +213,7 @@ class Service:
         elif new.model != old.model:
             p.set_params(new)
             log.info("reload: thresholds updated without restarting the worker")
-        for section in ("metrics",):
+        for section in ("metrics", "mqtt", "webhook"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("reload: changes to '%s' take effect at the next restart", section)
         if (new.web.enabled, new.web.token) != (old.web.enabled, old.web.token):

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_va
 from engines.cache import default_cache_dir
 from pipeline.errors import ConfigError
 from pipeline.redact import redact_text
+from pipeline.settings_events import MqttSettings, WebhookSettings
 from pipeline.settings_tracking import SceneSettings, Strict, TrackingSettings
 from pipeline.yamlpos import line_for, load_yaml_with_lines
 
@@ -234,6 +235,8 @@ class Settings(Strict):
     metrics: MetricsSettings = MetricsSettings()
     web: WebSettings = WebSettings()
     tracking: TrackingSettings = TrackingSettings()
+    mqtt: Optional[MqttSettings] = Field(None, description="Events, counts and state to an MQTT broker")
+    webhook: Optional[WebhookSettings] = Field(None, description="Each track event POSTed to a URL")
     service: ServiceSettings = ServiceSettings()
     logging: LoggingSettings = LoggingSettings()
 

@@ -14,6 +14,7 @@ from typing import Callable
 from pipeline.frame import Frame, WorkResult
 from pipeline.metrics import Metrics
 from pipeline.settings import SinkSettings
+from pipeline.sinks.fanout import EventsOut
 from pipeline.sinks.files import EventsSink, VideoFileSink
 from pipeline.sinks.guard import SinkGuard, describe
 from pipeline.sinks.outdir import OutputDir
@@ -35,7 +36,8 @@ class SourceOutput:
 
     def __init__(self, name: str, settings: SinkSettings, out: OutputDir, fps: Callable[[], float],
                  metrics: Metrics, release: Callable[[Frame], None], preview: Preview | None = None,
-                 tracking: SourceTracking | None = None, after: "SourceOutput | None" = None):
+                 tracking: SourceTracking | None = None, after: "SourceOutput | None" = None,
+                 events_out: EventsOut | None = None):
         """`fps` is asked when the video opens (a live source's rate is known once it is connected).
         `tracking` gives detections track ids and writes `<name>.events.jsonl`; `after` is the output this
         one replaces (a reload): it publishes first, so that the tracks see their frames in order."""
@@ -48,6 +50,7 @@ class SourceOutput:
         v, e = settings.video, settings.events
         self.tracking = tracking
         self._after = after
+        self._events_out = events_out or EventsOut()  # MQTT, the webhook: buffered, never waited on
         with_events = tracking is not None and tracking.settings.events_file
         suffixes = (v.extension,) * v.enabled + (".jsonl",) * e.enabled + (".events.jsonl",) * with_events
         stem = out.claim(name, suffixes) if suffixes else name  # one stem for the source's first files
@@ -112,6 +115,7 @@ class SourceOutput:
         if self.tracking is not None and end_tracks:
             for event in self.tracking.end():
                 self._write_event(event)
+            self._events_out.counts(self.name, {})
         for closer, sink in ((self.recorder, self.video), (self.events, self.events),
                              (self.track_events, self.track_events)):
             if closer is None:
@@ -122,6 +126,13 @@ class SourceOutput:
                 left = ", ".join(p.name for p, _, _ in sink.unfinalised)
                 log.error("source '%s': cannot finalise %s: %s; left as it is, the next start recovers it", self.name,
                           left or sink.final, describe(exc))
+
+    def latency_percentiles(self) -> tuple[float, float]:
+        """(p50, p99) end-to-end ms over the recent window."""
+        values = sorted(r[1] * 1e3 for r in list(self._recent))
+        if not values:
+            return 0.0, 0.0
+        return (round(values[len(values) // 2], 1), round(values[min(len(values) - 1, int(len(values) * 0.99))], 1))
 
     def stats(self) -> tuple[float, float]:
         """(fps, mean end-to-end ms) over the recent window."""
@@ -152,6 +163,7 @@ class SourceOutput:
     def _write_event(self, event: dict) -> None:
         if self.track_events is not None:
             self._track_events_guard.run(lambda: self.track_events.write(event))
+        self._events_out.event(self.name, event)
 
     def _track(self, frame: Frame, r: WorkResult) -> tuple:
         """Track ids for the frame's detections (-1: none) and the events they make."""
@@ -200,6 +212,8 @@ class SourceOutput:
             self._events_guard.run(lambda: self.events.write(record))
         for event in events:
             self._write_event(event)
+        if ids is not None and self._events_out:
+            self._events_out.counts(self.name, self.tracking.tracker.in_view())
         m = self.metrics
         for stage, ns in stages.items():
             if r.inferred or stage not in _MODEL_STAGES:  # a skipped frame spent no time in the model

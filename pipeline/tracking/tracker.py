@@ -162,6 +162,13 @@ class Tracker:
         names = {code: label for label, code in self._labels.items()}
         return self._id[rows], self._kf.boxes()[rows], [names[c] for c in self._label[rows]], self._score[rows]
 
+    def in_view(self) -> dict:
+        """Confirmed tracks matched in the last frame (not lost), per label."""
+        names = {code: label for label, code in self._labels.items()}
+        rows = self._state == TRACKED
+        codes, counts = np.unique(self._label[rows], return_counts=True)
+        return {names[int(c)]: int(n) for c, n in zip(codes, counts)}
+
     def end_all(self) -> np.ndarray:
         """End every track (the source stops); returns the ids of the confirmed ones."""
         ids = self._id[self._state != NEW]
