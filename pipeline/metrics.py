@@ -91,6 +91,9 @@ class Metrics:
         self.line_crossings = Counter(
             "perceptd_line_crossings_total", "Tracks that crossed a line, by the side they went to",
             ["source", "line", "label", "direction"], registry=r)
+        self.media_dropped = Counter(
+            "perceptd_clip_frames_dropped_total", "Frames left out of event clips because the clip writer was "
+            "behind", ["source"], registry=r)
         self.mqtt_connected = Gauge(
             "perceptd_mqtt_connected", "1 while connected to the MQTT broker", registry=r)
         self.mqtt_dropped = Counter(

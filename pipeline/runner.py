@@ -178,7 +178,7 @@ class Pipeline:
         # Its files get names no earlier output has (a source restarted by a reload gets new ones too).
         return SourceOutput(name, s.sinks, self.outdir, lambda: source.info.fps if source.info else 0.0,
                             self.metrics, reader.release, preview, self._tracking_for(reader.settings), after,
-                            self.events_out)
+                            self.events_out, reader.live)
 
     def _tracking_for(self, src: SourceSettings) -> SourceTracking | None:
         """The source's tracking, kept by name across outputs and restarts; None where there is none to do

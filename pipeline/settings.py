@@ -177,12 +177,34 @@ class PrivacySettings(Strict):
     padding: float = Field(0.15, ge=0, le=1, description="Grow each masked box by this fraction per side")
 
 
+class ClipSettings(Strict):
+    enabled: bool = Field(False, description="An mp4 per event in <output_dir>/clips/<source>/")
+    labels: tuple[str, ...] = Field((), description="Tracks of these labels make clips (empty: all)")
+    pre_s: float = Field(5.0, ge=0, le=60, description="Seconds before a track appears (kept as JPEG in memory)")
+    post_s: float = Field(5.0, ge=0, le=600, description="Seconds after the last track of the clip ends")
+    max_s: float = Field(300.0, gt=0, le=3600, description="Longest clip")
+    quality: int = Field(80, ge=10, le=100, description="JPEG quality of the pre-roll buffer")
+    preroll_mb: float = Field(64.0, gt=0, le=4096, description="Memory cap of the pre-roll buffer per source")
+    codec: str = Field("auto", min_length=4, max_length=4, description="FourCC; auto: H.264 (avc1) where this "
+                       "OpenCV can write it, else mp4v")
+    extension: Literal[".mp4", ".mkv", ".avi"] = ".mp4"
+
+
+class SnapshotSettings(Strict):
+    enabled: bool = Field(False, description="A JPEG per track (its best-scored frame, and a crop) in "
+                          "<output_dir>/snapshots/<source>/")
+    crop: bool = Field(True, description="Also a crop around the track")
+    quality: int = Field(90, ge=10, le=100)
+
+
 class SinkSettings(Strict):
     output_dir: Path = Field(Path("perceptd-out"), description="Annotated videos and JSONL events go here")
     video: VideoSinkSettings = VideoSinkSettings()
     events: EventsSinkSettings = EventsSinkSettings()
     overlay: OverlaySettings = OverlaySettings()
     privacy: PrivacySettings = PrivacySettings()
+    clips: ClipSettings = ClipSettings()
+    snapshots: SnapshotSettings = SnapshotSettings()
     retention_days: float = Field(0.0, ge=0, description="Delete finalised outputs older than this; 0: keep")
     max_disk_gb: float = Field(0.0, ge=0, description="Delete the oldest finalised outputs beyond this; 0: no cap")
     min_free_percent: float = Field(10.0, ge=0, le=90, description="Delete the oldest finalised outputs while the "

@@ -38,3 +38,14 @@ def test_retention_when_no_limit_is_set_deletes_nothing(tmp_path):
     now = time.time()
     f = make(tmp_path / "cam.mp4", 10, 365, now)
     assert enforce(tmp_path, 0, 0, now=now) == [] and f.exists()
+
+
+def test_retention_when_clips_and_snapshots_are_old_deletes_them_too_and_never_partial_ones(tmp_path):
+    now = time.time()
+    (tmp_path / "clips" / "door").mkdir(parents=True)
+    (tmp_path / "snapshots" / "door").mkdir(parents=True)
+    clip = make(tmp_path / "clips" / "door" / "door.20261101-000000.mp4", 10, 9, now)
+    shot = make(tmp_path / "snapshots" / "door" / "door.3.20261101-000000.jpg", 10, 9, now)
+    writing = make(tmp_path / "clips" / "door" / ".door.20261130-000000.partial.mp4", 10, 9, now)
+    assert set(enforce(tmp_path, max_age_days=7, max_gb=0, now=now)) == {clip, shot}
+    assert writing.exists()

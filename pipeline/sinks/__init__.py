@@ -15,7 +15,9 @@ from pipeline.frame import Frame, WorkResult
 from pipeline.metrics import Metrics
 from pipeline.settings import SinkSettings
 from pipeline.sinks.fanout import EventsOut
+from pipeline.cadence import frame_time
 from pipeline.sinks.files import EventsSink, VideoFileSink
+from pipeline.sinks.media import EventMedia
 from pipeline.sinks.guard import SinkGuard, describe
 from pipeline.sinks.outdir import OutputDir
 from pipeline.sinks.overlay import draw
@@ -37,7 +39,7 @@ class SourceOutput:
     def __init__(self, name: str, settings: SinkSettings, out: OutputDir, fps: Callable[[], float],
                  metrics: Metrics, release: Callable[[Frame], None], preview: Preview | None = None,
                  tracking: SourceTracking | None = None, after: "SourceOutput | None" = None,
-                 events_out: EventsOut | None = None):
+                 events_out: EventsOut | None = None, live: bool = False):
         """`fps` is asked when the video opens (a live source's rate is known once it is connected).
         `tracking` gives detections track ids and writes `<name>.events.jsonl`; `after` is the output this
         one replaces (a reload): it publishes first, so that the tracks see their frames in order."""
@@ -66,6 +68,10 @@ class SourceOutput:
                              else None)
         self._track_events_guard = guard("track_events") if self.track_events is not None else None
         self._tracking_guard = guard("tracking") if tracking is not None else None
+        self._live = live
+        self.media = (EventMedia(name, settings, out, metrics, fps, guard("media"))
+                      if tracking is not None and (settings.clips.enabled or settings.snapshots.enabled) else None)
+        self._media_guard = guard("media_events") if self.media is not None else None
         self.preview = preview
         self._preview_guard = guard("preview") if preview is not None else None
         self._overlay_guard = guard("overlay")
@@ -88,6 +94,8 @@ class SourceOutput:
         return [f"{g.sink}: {g.error}" for g in guards if g is not None and not g.up]
 
     def start(self) -> None:
+        if self.media is not None:
+            self.media.start()
         if self.recorder is not None:
             self.recorder.start()
         self._thread.start()
@@ -113,9 +121,14 @@ class SourceOutput:
     def _close(self, end_tracks: bool) -> None:
         self.published()
         if self.tracking is not None and end_tracks:
-            for event in self.tracking.end():
+            events = self.tracking.end()
+            if self.media is not None:
+                self._media_guard.run(lambda: self.media.annotate(self.media.last_t, events))
+            for event in events:
                 self._write_event(event)
             self._events_out.counts(self.name, {})
+        if self.media is not None:
+            self.media.close()
         for closer, sink in ((self.recorder, self.video), (self.events, self.events),
                              (self.track_events, self.track_events)):
             if closer is None:
@@ -184,10 +197,13 @@ class SourceOutput:
         if r.inferred:
             self._last_detections = r.detections
         to_preview = self.preview is not None and self.preview.wants_frame()
-        if self.video is not None or to_preview:
+        if self.video is not None or to_preview or self.media is not None:
             self._overlay_guard.run(lambda: self._draw(frame, r, ids))
             if to_preview:
                 self._preview_guard.run(lambda: self.preview.publish(frame.image))
+        if self.media is not None and ids is not None:  # before the events are written: they name its files
+            t = frame_time(self._live, frame)
+            self._media_guard.run(lambda: self.media.frame(t, frame.image, r.detections, ids, events))
         t_done = time.monotonic_ns()  # results published; the video is written after, by the recorder
         stages = {
             "capture": frame.t_decoded_ns - frame.t_capture_ns,
@@ -243,3 +259,4 @@ class SourceOutput:
         span = (self.last_done_ns - self.first_done_ns) * _NS
         fps = (self.processed - 1) / span if span > 0 and self.processed > 1 else 0.0
         return f"{self.name}: {self.processed} frames processed, {fps:.1f} fps"
+

@@ -47,6 +47,37 @@ def probe_video_codec(directory: Path, fourcc: str, extension: str) -> None:
                         "it supports (mp4v, MJPG, XVID)")
 
 
+# What a browser plays first (H.264 in MP4), then what every OpenCV build writes. pip's opencv-python has no
+# H.264 encoder; JetPack's OpenCV and FFmpeg builds with libx264 (or OpenH264) do.
+PREFERRED_CODECS = ("avc1", "mp4v")
+
+
+_WORKING: dict[str, str] = {}  # "auto" -> the codec that opened: probed once, not at every clip
+
+
+def open_writer(path: Path, fps: float, size: tuple[int, int], codec: str = "auto") -> tuple[cv2.VideoWriter, str]:
+    """A VideoWriter for `path` with `codec`, or with the first of PREFERRED_CODECS this OpenCV can write
+    ("auto"); OSError naming the file when none opens."""
+    candidates = (_WORKING["auto"],) if codec == "auto" and "auto" in _WORKING else (
+        PREFERRED_CODECS if codec == "auto" else (codec,))
+    for k, fourcc in enumerate(candidates):
+        quiet = k < len(candidates) - 1  # a codec this build lacks is expected here: no error on stderr
+        logging_ = cv2.utils.logging
+        previous = logging_.getLogLevel()
+        if quiet:
+            logging_.setLogLevel(logging_.LOG_LEVEL_SILENT)
+        try:
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        finally:
+            logging_.setLogLevel(previous)
+        if writer.isOpened():
+            if codec == "auto":
+                _WORKING["auto"] = fourcc
+            return writer, fourcc
+        writer.release()
+    raise OSError(errno.EIO, f"OpenCV cannot write {path} with codec {codec!r}")
+
+
 class _Segmented:
     """An output cut into files of `segment_s` seconds. The first file takes the stem the source claimed
     for all its outputs; each later one claims `<name>.<date>-<time>` for itself (outdir.OutputDir.claim).

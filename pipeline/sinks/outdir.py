@@ -157,6 +157,8 @@ class OutputDir:
                 if ext == ".jsonl":
                     _trim_to_last_line(p)
                     playable = True
+                elif ext in (".jpg", ".jpeg", ".png"):
+                    playable = cv2.imread(str(p)) is not None  # a snapshot cut short does not decode
                 else:
                     playable = _plays(p)
                 if p.stat().st_size == 0:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-OUTPUT_SUFFIXES = (".mp4", ".avi", ".mkv", ".jsonl")
+OUTPUT_SUFFIXES = (".mp4", ".avi", ".mkv", ".jsonl", ".jpg")
 
 
 def enforce(directory: Path, max_age_days: float, max_gb: float, min_free_percent: float = 0.0,
@@ -26,7 +26,8 @@ def enforce(directory: Path, max_age_days: float, max_gb: float, min_free_percen
     now = time.time() if now is None else now
     usage = usage or (lambda: _usage(directory))
     files = []
-    for p in Path(directory).iterdir():
+    # The directory and its clips/ and snapshots/ folders (one level per source under them).
+    for p in Path(directory).rglob("*"):
         if p.name.startswith(".") or p.suffix not in OUTPUT_SUFFIXES or not p.is_file():
             continue
         st = p.stat()
