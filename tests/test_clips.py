@@ -88,3 +88,29 @@ def test_clip_when_tracks_overlap_is_shared_and_a_later_one_gets_its_own(tmp_pat
     clips = sorted((d.out / "clips" / "hall").glob("*.mp4"))
     assert len(clips) == 2 and all(count_video_frames(c) > 0 for c in clips)
     assert len(list((d.out / "snapshots" / "hall").glob("*.crop.jpg"))) == 3
+
+
+def test_clips_when_a_reload_changes_the_sinks_go_on_in_new_files_and_none_is_lost(appearing, tmp_path, cache_dir):
+    import re
+    import signal
+
+    import yaml
+
+    source = {"name": "hall", "uri": str(appearing), "loop": True, "realtime": True, "speed": 2}
+    settings = {"clips": {"enabled": True, "pre_s": 1, "post_s": 1}, "snapshots": {"enabled": True}}
+    with Daemon(tmp_path, cache_dir, [source], sinks=settings) as d:
+        d.start()
+        first = d.wait_log(r"wrote clip (\S+)", timeout=120)
+        cfg = yaml.safe_load(d.config_path.read_text())
+        cfg["sinks"]["clips"]["post_s"] = 0.5  # the outputs are reopened, the clip folder stays shared
+        d.config_path.write_text(yaml.safe_dump(cfg))
+        d.signal(signal.SIGHUP)
+        reopened = d.wait_log(r"outputs reopened")
+        d.wait_log(r"wrote clip (\S+)", after=reopened.end(), timeout=120)
+        assert d.stop() == 0, d.log
+    assert "reload failed" not in d.log and "Traceback" not in d.log
+    clips = sorted((d.out / "clips" / "hall").glob("*.mp4"))
+    assert len(clips) >= 2 and all(count_video_frames(c) > 0 for c in clips)
+    assert len(set(re.findall(r"wrote clip (\S+)", d.log))) == len(re.findall(r"wrote clip (\S+)", d.log))
+    assert first.group(1) in {str(c) for c in clips}
+    assert not list(d.out.rglob(".*.partial.*"))

@@ -42,11 +42,8 @@ class EventMedia:
         self.name = name
         self.clips, self.snaps = clips, snaps
         self.root = out.path
-        self._clip_dir = OutputDir(out.path / "clips" / name) if clips.enabled else None
-        self._snap_dir = OutputDir(out.path / "snapshots" / name) if snaps.enabled else None
-        for d in (self._clip_dir, self._snap_dir):
-            if d is not None:
-                d.open()  # recovers what a killed run left there
+        self._clip_dir = out.subdir("clips", name) if clips.enabled else None
+        self._snap_dir = out.subdir("snapshots", name) if snaps.enabled else None
         self._labels = frozenset(clips.labels)
         self._alive: set[int] = set()  # tracks of interest in the current clip
         self._clip: Path | None = None
@@ -88,9 +85,6 @@ class EventMedia:
         if self._clip is not None:
             self._finish_clip()
         self.writer.close()
-        for d in (self._clip_dir, self._snap_dir):
-            if d is not None:
-                d.close()
 
     # internals -----------------------------------------------------------------------------------------
     def _follow_clip(self, t: float, events: list[dict]) -> None:

@@ -72,6 +72,7 @@ class OutputDir:
         self._lock_fd: int | None = None
         self._claimed: set[str] = set()  # file names handed out in this run (some not created yet)
         self._mutex = threading.Lock()
+        self._children: dict[str, OutputDir] = {}
 
     # lifecycle -----------------------------------------------------------------------------------------
     def open(self) -> list[Path]:
@@ -94,6 +95,18 @@ class OutputDir:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
         return self.recover()
+
+    def subdir(self, *parts: str) -> "OutputDir":
+        """A folder of this directory (clips/<source>): created, and what a killed run left in it recovered,
+        once per run; covered by this directory's lock; one claimer of its names, however many outputs use
+        it (a reload replaces outputs while the old ones still finish)."""
+        key = "/".join(parts)
+        with self._mutex:
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = OutputDir(self.path.joinpath(*parts))
+                child.recover()
+            return child
 
     def close(self) -> None:
         # The file stays: unlinking it would let a second daemon lock a new file while a third holds the old.
