@@ -160,7 +160,7 @@ def test_mqtt_when_perceptd_is_killed_the_broker_delivers_its_last_will(carphone
     source = {"name": "car", "uri": str(carphone), "loop": True, "realtime": True}
     try:
         with Daemon(tmp_path, cache_dir, [source], mqtt={"host": "127.0.0.1", "port": broker.port,
-                                                         "device": "cam"}) as d:
+                                                         "device": "cam", "protocol": "5"}) as d:  # MQTT 5 here
             d.start()
             sub.wait(lambda: "online" in sub.on("perceptd/cam/available"), 30, "online")
             d.kill_group()
