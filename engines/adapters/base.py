@@ -118,20 +118,28 @@ def letterbox_planes(image: np.ndarray, out: np.ndarray, center: bool, order=(0,
     return fit
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, class_ids: np.ndarray | None = None,
-        limit: int = 0) -> np.ndarray:
-    """Greedy non-maximum suppression; indices of kept boxes by descending score.
+def class_regions(boxes: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
+    """Move each class's boxes into a region of the plane no other class reaches, so that one NMS pass over
+    all boxes never lets two classes suppress each other.
 
-    With `class_ids`, boxes of different classes never suppress each other (offset trick: each class is
-    moved to its own region of the plane).
+    The boxes are first shifted so the smallest coordinate is 0; every box then lies in [0, span], and class c
+    is moved by c * (span + 1). An offset from the largest coordinate alone (max + 1, as the usual trick and
+    OpenCV's NMSBoxesBatched do) lets a box with negative coordinates reach the next class's region.
+    Float64: at 80 classes of 4K frames the offsets pass 300,000, where float32 keeps only 1/32 px.
     """
-    if len(boxes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    b = boxes.astype(np.float32)
-    if class_ids is not None:
-        offset = (b.max() + 1.0) * class_ids.astype(np.float32)[:, None]
-        b = b + offset
-    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    b = boxes.astype(np.float64, copy=True)
+    if len(b) == 0:
+        return b
+    lo, hi = float(b.min()), float(b.max())
+    b -= lo
+    b += (hi - lo + 1.0) * class_ids.astype(np.float64)[:, None]
+    return b
+
+
+def nms_greedy(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int = 0) -> np.ndarray:
+    """Greedy non-maximum suppression in numpy: indices of kept boxes (x1y1x2y2) by descending score; ties
+    keep the input order. A box is suppressed when its IoU with a kept one is above `iou`."""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     areas = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
     order = np.argsort(-scores, kind="stable")
     keep: list[int] = []
@@ -148,6 +156,31 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, class_ids: np.ndarray
         overlap = np.where(union > 0, inter / np.maximum(union, 1e-9), 0)
         order = rest[overlap <= iou]
     return np.asarray(keep, dtype=np.int64)
+
+
+def nms_opencv(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int = 0) -> np.ndarray:
+    """The same suppression by OpenCV's cv2.dnn.NMSBoxes (x1y1x2y2 in, converted to x, y, w, h), except that a
+    box scoring exactly 0 is never kept: OpenCV takes a score threshold >= 0 and keeps what is above it."""
+    xywh = np.empty_like(boxes, dtype=np.float64)
+    xywh[:, :2] = boxes[:, :2]
+    xywh[:, 2:] = boxes[:, 2:] - boxes[:, :2]
+    # No top_k: OpenCV's caps the candidates before suppression, not the boxes kept.
+    kept = np.asarray(cv2.dnn.NMSBoxes(xywh, scores.astype(np.float32), 0.0, float(iou)), dtype=np.int64).reshape(-1)
+    return kept[:limit] if limit else kept
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, class_ids: np.ndarray | None = None,
+        limit: int = 0) -> np.ndarray:
+    """Non-maximum suppression; indices of kept boxes (x1y1x2y2) by descending score, at most `limit` (0: all).
+
+    With `class_ids`, boxes of different classes never suppress each other (class_regions). OpenCV's
+    NMSBoxes does the suppression: `python -m benchmarks.nms` measured it 3-5x faster than the numpy loop
+    from 10 to 5,000 candidates (benchmarks/README.md). Scores of exactly 0 are never kept.
+    """
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    b = class_regions(boxes, class_ids) if class_ids is not None else boxes
+    return nms_opencv(b, scores, iou, limit)
 
 
 def read_labels(path: Path | None) -> list[str]:
