@@ -36,7 +36,7 @@ def build_worker_spec(settings: Settings, source_hw: tuple[int, int]) -> tuple[W
                               tensorrt=TensorRTOptions.from_settings(s.engine, model.family, m)),
         batch_timeout_s=s.pipeline.batch_timeout_ms / 1000.0,
         log_level=logging.getLogger().getEffectiveLevel(),
-        source_hw=source_hw, mean=m.mean, std=m.std, resize=m.resize)
+        source_hw=source_hw, mean=m.mean, std=m.std, resize=m.resize, metadata=model.metadata)
     return spec, model
 
 

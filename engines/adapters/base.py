@@ -27,28 +27,46 @@ class AdapterParams:
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How a source image was fitted into the network input: scaled by `scale`, then shifted by the pads."""
+    """How a source image was fitted into the network input: scaled by `scale`, then shifted by the pads.
+
+    The resized image's sides are whole pixels, so each axis's true scale is its resized side over its source
+    side (`scale_x`, `scale_y`, e.g. 213/300 for 300 scaled by 320/451): mapping back with those is exact, as
+    Ultralytics' scale_boxes does. None: `scale` (a mapping made without resizing).
+    """
 
     scale: float
     pad_x: float
     pad_y: float
     src_w: int
     src_h: int
+    scale_x: float | None = None
+    scale_y: float | None = None
+
+    @property
+    def sx(self) -> float:
+        return self.scale_x or self.scale
+
+    @property
+    def sy(self) -> float:
+        return self.scale_y or self.scale
 
     def boxes_to_source(self, boxes: np.ndarray) -> np.ndarray:
         """(N, 4) x1y1x2y2 in input pixels -> source pixels, clipped to the image."""
         out = boxes.astype(np.float32, copy=True)
-        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale
-        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.sx
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.sy
         out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, self.src_w)
         out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, self.src_h)
         return out
 
-    def points_to_source(self, points: np.ndarray) -> np.ndarray:
-        """(..., 2) xy in input pixels -> source pixels."""
+    def points_to_source(self, points: np.ndarray, clip: bool = False) -> np.ndarray:
+        """(..., 2+) xy (then anything) in input pixels -> source pixels, clipped to the image with `clip`."""
         out = points.astype(np.float32, copy=True)
-        out[..., 0] = (out[..., 0] - self.pad_x) / self.scale
-        out[..., 1] = (out[..., 1] - self.pad_y) / self.scale
+        out[..., 0] = (out[..., 0] - self.pad_x) / self.sx
+        out[..., 1] = (out[..., 1] - self.pad_y) / self.sy
+        if clip:
+            out[..., 0] = np.clip(out[..., 0], 0, self.src_w)
+            out[..., 1] = np.clip(out[..., 1], 0, self.src_h)
         return out
 
 
@@ -60,7 +78,7 @@ def fit_into(src_hw: tuple[int, int], size_hw: tuple[int, int], center: bool) ->
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     pad_x = (tw - nw) // 2 if center else 0
     pad_y = (th - nh) // 2 if center else 0
-    return nh, nw, Letterbox(scale, float(pad_x), float(pad_y), w, h)
+    return nh, nw, Letterbox(scale, float(pad_x), float(pad_y), w, h, nw / w, nh / h)
 
 
 def _resized(image: np.ndarray, nh: int, nw: int, scratch: dict | None) -> np.ndarray:
@@ -221,5 +239,6 @@ class Adapter(ABC):
     def postprocess(self, outputs: list[np.ndarray], fit: Letterbox) -> list[Detection]:
         """Decode one frame's outputs (batch axis removed) into detections in source pixels."""
 
-    def check_outputs(self, output_shapes: list[tuple]) -> None:
-        """Raise ValueError when the engine's outputs cannot be this family's. Families override."""
+    def check_outputs(self, output_shapes: list[tuple], output_names: tuple[str, ...] | list[str] = ()) -> None:
+        """Raise ValueError when the engine's outputs (batch axis first, in the engine's order) cannot be this
+        family's. Families override, and may remember how to read them."""

@@ -63,7 +63,7 @@ class ClassifierAdapter(Adapter):
         self._mul = (1.0 / (255.0 * std_arr)).astype(np.float32)
         self._sub = (np.asarray(self.mean, dtype=np.float64) / std_arr).astype(np.float32)
 
-    def check_outputs(self, output_shapes):
+    def check_outputs(self, output_shapes, output_names=()):
         """Batch axis first: [batch, nc] or [batch, nc, 1, 1] (a 1x1 conv head)."""
         if not output_shapes:
             raise ValueError("a classifier needs one output (class scores); the model has none")
