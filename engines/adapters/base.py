@@ -16,13 +16,22 @@ import numpy as np
 from engines.detection import Detection
 
 
+PerLabel = tuple[tuple[str, float], ...]  # (label, value) pairs: hashable and picklable, unlike a dict
+
+
 @dataclass(frozen=True)
 class AdapterParams:
-    confidence: float = 0.5  # minimum score kept
+    confidence: float = 0.5  # minimum score kept, for labels without their own
     iou: float = 0.45  # NMS overlap threshold
     max_detections: int = 100
     top_k: int = 5  # classifiers: how many classes to report
     classes: tuple[str, ...] = ()  # keep only these labels (empty: all)
+    label_confidence: PerLabel = ()  # per-label minimum scores, overriding `confidence`
+    # Box area limits in source pixels (a value below 1: that fraction of the frame); 0 = no limit.
+    min_area: float = 0.0
+    max_area: float = 0.0
+    label_min_area: PerLabel = ()
+    label_max_area: PerLabel = ()
 
 
 @dataclass(frozen=True)
@@ -219,11 +228,58 @@ class Adapter(ABC):
         self.labels = list(labels)
         self.params = params
         self._keep = set(params.classes)
+        # Per-class thresholds as arrays indexed by class id (built on first use), so that a frame's
+        # candidates are filtered in one step. Ids past the labels (or with no labels) take the plain value.
+        self._tables: dict[tuple[str, int], np.ndarray] = {}
 
     def set_params(self, params: AdapterParams) -> None:
         """New thresholds and filters (a config reload), from the next frame on."""
         self.params = params
         self._keep = set(params.classes)
+        self._tables.clear()
+
+    def _table(self, name: str, default: float, per_label, size: int) -> np.ndarray:
+        key = (name, size)
+        table = self._tables.get(key)
+        if table is None:
+            table = np.full(max(size, len(self.labels), 1), default, dtype=np.float64)
+            for label, value in per_label:
+                for i, known in enumerate(self.labels):
+                    if known == label:
+                        table[i] = value
+            self._tables[key] = table
+        return table
+
+    @property
+    def min_confidence(self) -> float:
+        """The lowest score any class may be kept with: the cheap first cut before per-class thresholds."""
+        return min([self.params.confidence, *(v for _, v in self.params.label_confidence)])
+
+    def confident(self, scores: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
+        """Mask of the scores at or above their class's confidence."""
+        if not self.params.label_confidence:
+            return scores >= self.params.confidence
+        table = self._table("confidence", self.params.confidence, self.params.label_confidence,
+                            int(class_ids.max(initial=0)) + 1)
+        return scores >= table[class_ids]
+
+    def area_ok(self, boxes_src: np.ndarray, class_ids: np.ndarray, fit: "Letterbox") -> np.ndarray:
+        """Mask of the source-pixel boxes whose area is within their class's min_area/max_area."""
+        p = self.params
+        ok = np.ones(len(boxes_src), dtype=bool)
+        if not (p.min_area or p.max_area or p.label_min_area or p.label_max_area):
+            return ok
+        frame = float(fit.src_w * fit.src_h)
+        area = np.maximum(0, boxes_src[:, 2] - boxes_src[:, 0]) * np.maximum(0, boxes_src[:, 3] - boxes_src[:, 1])
+        size = int(class_ids.max(initial=0)) + 1
+        for name, default, per_label, keep in (("min_area", p.min_area, p.label_min_area, np.greater_equal),
+                                               ("max_area", p.max_area, p.label_max_area, np.less_equal)):
+            if not (default or per_label):
+                continue
+            limit = self._table(name, default, per_label, size)[class_ids]
+            limit = np.where(limit < 1, limit * frame, limit)  # below 1: a fraction of the frame
+            ok &= (limit == 0) | keep(area, limit)
+        return ok
 
     def label(self, class_id: int) -> str:
         return self.labels[class_id] if 0 <= class_id < len(self.labels) else str(class_id)

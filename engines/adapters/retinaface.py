@@ -92,7 +92,12 @@ class RetinaFaceAdapter(Adapter):
         if loc.shape[0] != n:
             raise ValueError(f"RetinaFace emitted {loc.shape[0]} boxes for {n} priors: input size mismatch")
         scores = conf[:, 1]
-        idx = np.flatnonzero(scores >= self.params.confidence)
+        label = self.label(0)
+        if not self.wanted(label):
+            return []
+        face = np.zeros(1, dtype=np.int64)
+        idx = np.flatnonzero(scores >= self.min_confidence)
+        idx = idx[self.confident(scores[idx], face.repeat(idx.size))]
         if idx.size == 0:
             return []
         p = self._priors[idx]
@@ -102,12 +107,11 @@ class RetinaFaceAdapter(Adapter):
         sizes = p[:, 2:] * np.exp(d[:, 2:] * v1)
         boxes = np.hstack([centers - sizes / 2, centers + sizes / 2])
         lms = p[:, None, :2] + landmarks[idx].reshape(-1, 5, 2) * v0 * p[:, None, 2:]
+        sized = self.area_ok(fit.boxes_to_source(boxes), face.repeat(len(boxes)), fit)  # before NMS, as yolo
+        idx, boxes, lms = idx[sized], boxes[sized], lms[sized]
         keep = nms(boxes, scores[idx], self.params.iou, limit=self.params.max_detections)
         boxes = fit.boxes_to_source(boxes[keep])
         lms = fit.points_to_source(lms[keep])
-        label = self.label(0)
-        if not self.wanted(label):
-            return []
         return [
             Detection(label, float(s), tuple(float(v) for v in b), 0, tuple((float(x), float(y)) for x, y in pts))
             for b, s, pts in zip(boxes, scores[idx][keep], lms)

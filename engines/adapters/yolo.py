@@ -85,7 +85,7 @@ class YoloAdapter(Adapter):
     def _candidates(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Best class per candidate above the confidence: (xyxy (K, 4), scores (K,), class ids (K,), extra
         (K, E)), in input pixels."""
-        conf = self.params.confidence
+        conf = self.min_confidence
         layout = self._layout or self._decide(pred.shape)
         e = self._extra
         if layout == "v8":
@@ -114,15 +114,18 @@ class YoloAdapter(Adapter):
         if pred.ndim != 2:
             raise ValueError(f"YOLO prediction must be 2-D per frame, got shape {pred.shape}")
         boxes, scores, class_ids, extra = self._candidates(pred)
-        if self._keep and len(class_ids):
-            # Filter before NMS so unwanted classes never take a max_detections slot; class-wise NMS means
-            # dropping a class cannot change what happens to the others.
-            wanted = [c for c in np.unique(class_ids) if self.wanted(self.label(int(c)))]
-            mask = np.isin(class_ids, wanted)
-            boxes, scores, class_ids, extra = boxes[mask], scores[mask], class_ids[mask], extra[mask]
         if len(scores) == 0:
             return []
         boxes = boxes.astype(np.float32, copy=False)
+        # Every filter runs before NMS, so that nothing filtered out takes a max_detections slot; class-wise
+        # NMS means dropping a class cannot change what happens to the others.
+        mask = self.confident(scores, class_ids) & self.area_ok(fit.boxes_to_source(boxes), class_ids, fit)
+        if self._keep:
+            mask &= np.isin(class_ids, [c for c in np.unique(class_ids) if self.wanted(self.label(int(c)))])
+        if not mask.all():
+            boxes, scores, class_ids, extra = boxes[mask], scores[mask], class_ids[mask], extra[mask]
+        if len(scores) == 0:
+            return []
         if self._layout == "e2e":  # ranked by the model, duplicates already removed
             keep = np.argsort(-scores, kind="stable")[:self.params.max_detections]
         else:
