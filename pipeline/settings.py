@@ -196,6 +196,7 @@ class OverlaySettings(Strict):
     boxes: bool = True
     labels: bool = True
     landmarks: bool = True
+    keypoints: bool = Field(True, description="Pose models: keypoints and, for COCO's 17, the skeleton")
     banner: bool = True
     thickness: int = Field(2, ge=1, le=16)
 

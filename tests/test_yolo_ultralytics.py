@@ -71,3 +71,32 @@ def test_yolo_end2end_when_yolo26_export_then_matches_its_decoder(yolo_models, y
     decoder, end_to_end, cases = compare("e2e", yolo_models, yolo_frames, tmp_path)
     assert_decoder_agrees(decoder)
     assert_end_to_end_close(end_to_end)
+
+
+def test_yolo_pose_when_ultralytics_export_then_keypoints_match_its_decoder(yolo_models, yolo_frames, tmp_path):
+    decoder, end_to_end, cases = compare("pose", yolo_models, yolo_frames, tmp_path)
+    assert_decoder_agrees(decoder)
+    assert max(decoder.keypoint_px) < 0.01, decoder.summary()
+    assert_end_to_end_close(end_to_end)
+    assert all(len(d.keypoints) == 17 for c in cases for d in c.detections)
+
+
+def test_perceptd_run_when_only_a_pose_model_then_labels_size_family_from_metadata(yolo_models, carphone,
+                                                                                   cache_dir, tmp_path):
+    """`perceptd run --model yolo11n-pose.onnx` and nothing else about the model: the JSONL has COCO labels
+    and 17 keypoints per person in source pixels, and the video is written."""
+    from tests.conftest import count_video_frames, read_jsonl, run_perceptd
+
+    out = tmp_path / "out"
+    proc = run_perceptd("run", "--model", str(yolo_models["pose"]), "--source", f"car={carphone}",
+                        "--max-frames", "12", "--output", str(out), "--metrics-port", "0", cache_dir=cache_dir,
+                        check=True)
+    assert "family yolo" in proc.stderr or "pose" in proc.stderr
+    records = read_jsonl(out / "car.jsonl")
+    assert len(records) == 12
+    dets = [d for r in records for d in r["detections"]]
+    assert dets and {d["label"] for d in dets} == {"person"}
+    for d in dets:
+        assert len(d["keypoints"]) == 17 and "polygon" not in d
+        assert all(0 <= x <= 176 and 0 <= y <= 144 and 0 <= s <= 1 for x, y, s in d["keypoints"])
+    assert count_video_frames(out / "car.mp4") == 12

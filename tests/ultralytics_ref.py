@@ -33,7 +33,7 @@ IMGSZ = 320
 MODELS = {
     "detect": ("yolo11n.yaml", {}, {0: -3.0, 2: -3.5, 16: -4.0}),
     "e2e": ("yolo26n.yaml", {"nms": False}, {0: -3.0, 2: -3.5, 16: -4.0}),  # end-to-end: [1, 300, 6]
-    "pose": ("yolo11n-pose.yaml", {}, {0: -2.5}),
+    "pose": ("yolo11n-pose.yaml", {}, {0: -2.5}),  # one class, person, as Ultralytics' pose models
     "segment": ("yolo11n-seg.yaml", {}, {0: -3.0, 2: -3.5, 16: -4.0}),
 }
 
@@ -57,6 +57,19 @@ def raise_biases(model, biases: dict[int, float]) -> None:
                 for c, b in biases.items():
                     if c < conv.bias.shape[0]:
                         conv.bias[c] = b
+
+
+def one_class(model, cfg: str) -> None:
+    """Rebuild the model from its yaml with nc: 1 (the yaml says 80)."""
+    import torch
+    from ultralytics.nn.tasks import yaml_model_load
+
+    d = yaml_model_load(cfg)
+    d["nc"] = 1
+    torch.manual_seed(0)
+    rebuilt = type(model.model)(d, nc=1, verbose=False)
+    rebuilt.args, rebuilt.task = model.model.args, model.model.task
+    model.model = rebuilt
 
 
 def calibrate_batchnorm(model) -> None:
@@ -91,7 +104,11 @@ def export(out_dir: Path) -> dict[str, str]:
     for name, (cfg, kwargs, biases) in MODELS.items():
         torch.manual_seed(0)
         model = YOLO(cfg)
-        model.model.names = coco_names()
+        names = coco_names()
+        if name == "pose":
+            one_class(model, cfg)
+            names = {0: names[0]}
+        model.model.names = names
         calibrate_batchnorm(model)
         raise_biases(model, biases)
         path = Path(model.export(format="onnx", imgsz=IMGSZ, **kwargs))

@@ -40,10 +40,11 @@ class YoloAdapter(Adapter):
         self._layout: str | None = None  # decided once from the engine's output shapes (check_outputs)
         self._extra = 0  # channels after the class scores: keypoint values or mask coefficients
         self._nc = len(self.meta.names)  # the metadata's class count; the labels file may not match it
+        self._task = self.meta.task or "detect"  # without metadata: "segment" when there are prototypes
 
     @property
     def task(self) -> str:
-        return self.meta.task or "detect"
+        return self._task
 
     def check_outputs(self, output_shapes, output_names=()):
         """`output_shapes` as the engine reports them: batch axis first, None for dynamic dimensions.
@@ -63,6 +64,24 @@ class YoloAdapter(Adapter):
         self._decide(tuple(int(d) for d in dims))
 
     def _extra_channels(self, output_shapes) -> int:
+        """Channels after the class scores: K*D keypoint values (pose, K and D from the metadata's kpt_shape)
+        or the prototypes' count of mask coefficients (segment: a second output [batch, nm, mh, mw])."""
+        protos = len(output_shapes) > 1 and len(output_shapes[1]) == 4
+        self._task = self.meta.task or ("segment" if protos else "detect")
+        if self._task == "pose":
+            if self.meta.kpt_shape is None:
+                raise ValueError("a YOLO pose model needs kpt_shape in its metadata (Ultralytics writes it); "
+                                 "re-export it with Ultralytics")
+            k, d = self.meta.kpt_shape
+            if d not in (2, 3):
+                raise ValueError(f"kpt_shape {list(self.meta.kpt_shape)}: keypoints need 2 or 3 values each")
+            return k * d
+        if self._task == "segment":
+            nm = output_shapes[1][1] if protos else None
+            if not isinstance(nm, int):
+                raise ValueError(f"a YOLO segmentation model needs prototypes [batch, nm, mh, mw] as its second output; "
+                                 f"the model's outputs: {[list(s) for s in output_shapes]}")
+            return nm
         return 0
 
     def _decide(self, shape: tuple[int, int]) -> str:
@@ -138,5 +157,13 @@ class YoloAdapter(Adapter):
         ]
 
     def _shapes(self, boxes: np.ndarray, extra: np.ndarray, outputs, fit: Letterbox) -> list[dict]:
-        """Per kept detection, the Detection fields beyond the box (keypoints, polygon); tasks override."""
+        """Per kept detection, the Detection fields beyond the box: keypoints (pose), polygon (segment)."""
+        if self._task == "pose" and len(boxes):
+            k, d = self.meta.kpt_shape
+            # The export decodes keypoints to input pixels (and visibility through a sigmoid); clipped to
+            # the frame, as Ultralytics' scale_coords does.
+            kpts = fit.points_to_source(extra.reshape(len(boxes), k, d), clip=True)
+            if d == 2:
+                kpts = np.concatenate([kpts, np.ones((len(boxes), k, 1), dtype=np.float32)], axis=2)
+            return [{"keypoints": tuple((float(x), float(y), float(v)) for x, y, v in row)} for row in kpts]
         return [{}] * len(boxes)

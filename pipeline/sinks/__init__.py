@@ -166,7 +166,7 @@ class SourceOutput:
         if self.settings.overlay.banner:
             fps, e2e_ms = self.stats()
             banner = f"{self.name}  {fps:5.1f} fps  {e2e_ms:5.0f} ms"
-        draw(frame.image, r.detections, self._overlay, banner)
+        draw(frame.image, r.detections, self._overlay, banner, self._mask_labels)
 
     def summary(self) -> str:
         span = (self.last_done_ns - self.first_done_ns) * _NS
