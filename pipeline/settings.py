@@ -197,6 +197,8 @@ class OverlaySettings(Strict):
     labels: bool = True
     landmarks: bool = True
     keypoints: bool = Field(True, description="Pose models: keypoints and, for COCO's 17, the skeleton")
+    masks: bool = Field(True, description="Segmentation models: each mask as a translucent fill")
+    mask_alpha: float = Field(0.4, ge=0, le=1, description="Opacity of a mask's fill")
     banner: bool = True
     thickness: int = Field(2, ge=1, le=16)
 

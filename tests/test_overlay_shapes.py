@@ -49,3 +49,28 @@ def test_detection_to_json_when_keypoints_or_polygon_then_only_those_fields():
     assert det.to_json() == {"label": "person", "score": 0.9123, "box": [1.0, 2, 3, 4],
                              "keypoints": [[1.3, 2.0, 0.877]]}
     assert "keypoints" not in Detection("car", 0.5, (0, 0, 1, 1), polygon=((1, 2), (3, 4), (5, 6))).to_json()
+
+
+def square(x0, y0, size):
+    return ((x0, y0), (x0 + size, y0), (x0 + size, y0 + size), (x0, y0 + size))
+
+
+def test_draw_when_polygon_then_translucent_fill_inside_only():
+    image = photo_bgr("coffee")
+    before = image.astype(np.float32)
+    det = Detection("cup", 0.9, (100, 100, 200, 200), 3, polygon=square(120, 120, 60))
+    draw(image, (det,), PLAIN.model_copy(update={"mask_alpha": 0.5}))
+    from pipeline.sinks.overlay import color_for
+
+    inside = image[130:170, 130:170].astype(np.float32)
+    np.testing.assert_allclose(inside, 0.5 * before[130:170, 130:170] + 0.5 * np.float32(color_for(3)), atol=1)
+    assert (image[:118] == before[:118]).all() and (image[:, 183:] == before[:, 183:]).all()  # nothing outside
+
+
+def test_draw_when_masked_label_or_masks_off_then_no_fill():
+    det = Detection("person", 0.9, (100, 100, 200, 200), 0, polygon=square(120, 120, 60))
+    for kwargs, settings in (({"masked": frozenset({"person"})}, PLAIN), ({}, PLAIN.model_copy(update={"masks": False}))):
+        image = photo_bgr("coffee")
+        before = image.copy()
+        draw(image, (det,), settings, **kwargs)
+        assert (image == before).all()

@@ -36,15 +36,16 @@ def compare(model, yolo_models, yolo_frames, tmp_path) -> tuple[Agreement, Agree
     decoder, end_to_end = Agreement(), Agreement()
     for case, ref in zip(cases, refs):
         hw = case.frame.shape[:2]
-        decoder.add(case.detections, ref["decoder"], hw)
+        decoder.add(case.detections, ref["decoder"], hw, case.masks)
         end_to_end.add(case.detections, ref["end_to_end"], hw)
     print(f"\n{model} ({len(cases)} frames) decoder: {decoder.summary()}\n{model} end to end: {end_to_end.summary()}")
     return decoder, end_to_end, cases
 
 
-def assert_decoder_agrees(decoder: Agreement) -> None:
+def assert_decoder_agrees(decoder: Agreement, missing: float = 0.0) -> None:
+    """Every detection matched (segmentation: up to `missing` of them may differ, see its test)."""
     assert decoder.theirs > 0, "the reference found nothing: the test model does not fire"
-    assert decoder.ours == decoder.theirs == decoder.matched, decoder.summary()
+    assert decoder.matched >= (1 - missing) * max(decoder.ours, decoder.theirs), decoder.summary()
     assert min(decoder.box_ious) > 0.999 and max(decoder.score_diffs) < 1e-4, decoder.summary()
 
 
@@ -100,3 +101,29 @@ def test_perceptd_run_when_only_a_pose_model_then_labels_size_family_from_metada
         assert len(d["keypoints"]) == 17 and "polygon" not in d
         assert all(0 <= x <= 176 and 0 <= y <= 144 and 0 <= s <= 1 for x, y, s in d["keypoints"])
     assert count_video_frames(out / "car.mp4") == 12
+
+
+def test_yolo_segment_when_ultralytics_export_then_masks_match_its_decoder(yolo_models, yolo_frames, tmp_path):
+    """Random weights give masks of scattered specks (dozens of parts each): the one-step warp at source
+    resolution and Ultralytics' two resamplings (to the input, then to the source) disagree on specks a
+    cell wide and at the box edges, so mask IoU is lower here than on real masks (tests/test_masks.py checks
+    the geometry on a mask with a known edge). A detection whose mask is empty is dropped on both sides,
+    which differs for the odd box whose only specks sit on its edge."""
+    decoder, end_to_end, cases = compare("segment", yolo_models, yolo_frames, tmp_path)
+    assert_decoder_agrees(decoder, missing=0.01)
+    assert np.mean(decoder.mask_ious) > 0.75 and np.median(decoder.mask_ious) > 0.8, decoder.summary()
+    assert_end_to_end_close(end_to_end)
+    assert all(d.polygon for c in cases for d in c.detections)  # a one-pixel mask outlines as one point
+
+
+def test_perceptd_run_when_segmentation_model_then_polygons_in_the_jsonl(yolo_models, carphone, cache_dir, tmp_path):
+    from tests.conftest import read_jsonl, run_perceptd
+
+    out = tmp_path / "out"
+    run_perceptd("run", "--model", str(yolo_models["segment"]), "--source", f"car={carphone}", "--max-frames", "6",
+                 "--output", str(out), "--metrics-port", "0", cache_dir=cache_dir, check=True)
+    dets = [d for r in read_jsonl(out / "car.jsonl") for d in r["detections"]]
+    assert dets and all(d["polygon"] and "keypoints" not in d for d in dets)
+    for d in dets:  # the outline lies in its box
+        x1, y1, x2, y2 = d["box"]
+        assert all(x1 - 1 <= x <= x2 + 1 and y1 - 1 <= y <= y2 + 1 for x, y in d["polygon"])

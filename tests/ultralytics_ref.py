@@ -9,6 +9,7 @@ state on import, which the rest of the suite must not inherit). Never imported b
         For each case (model, source frame, perceptd's network input and the raw outputs perceptd's engine
         gave for it): Ultralytics' predictor postprocess on those raw outputs ("decoder"), and Ultralytics'
         whole predictor on the source frame ("end_to_end": its own letterbox and its own ONNX Runtime run).
+        Segmentation: the decoder's masks in source pixels (scale_masks) go to OUT.masks.npz.
 
 Offline: YOLO_OFFLINE and YOLO_AUTOINSTALL=False keep it from pip-installing or downloading anything; what
 the ONNX export needs (onnx, onnxslim) is installed beforehand from .ci/test-references.txt.
@@ -118,13 +119,30 @@ def export(out_dir: Path) -> dict[str, str]:
     return out
 
 
-def _result(r) -> dict:
+def outer_contour(mask):
+    """The largest part's outer contour of a source-pixel mask: what perceptd reports as the polygon."""
+    import cv2
+    import numpy as np
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return max(contours, key=cv2.contourArea).reshape(-1, 2).tolist() if contours else []
+
+
+def _result(r, masks: dict | None = None, key: str = "") -> dict:
     d = {"boxes": r.boxes.xyxy.numpy().tolist(), "scores": r.boxes.conf.numpy().tolist(),
          "classes": r.boxes.cls.numpy().astype(int).tolist()}
     if r.keypoints is not None:
         d["keypoints"] = r.keypoints.data.numpy().tolist()
     if r.masks is not None:
-        d["polygons"] = [p.tolist() for p in r.masks.xy]
+        import numpy as np
+        from ultralytics.utils import ops
+
+        # Ultralytics' masks at input resolution, taken to source pixels by its own scale_masks.
+        source = (ops.scale_masks(r.masks.data[None].float(), r.orig_shape)[0] > 0.5).numpy()
+        d["polygons"] = [outer_contour(m) for m in source]
+        if masks is not None:
+            for j, m in enumerate(source):
+                masks[f"{key}_{j}"] = np.packbits(m)
     return d
 
 
@@ -139,6 +157,7 @@ def reference(cases_path: Path, out_path: Path) -> None:
     spec = json.loads(str(cases["spec"]))
     predictors = {}
     results = []
+    masks: dict = {}  # the decoder's full masks in source pixels, packed bits: "<case>_<detection>"
     for i, case in enumerate(spec["cases"]):
         key = case["model"]
         if key not in predictors:
@@ -158,8 +177,9 @@ def reference(cases_path: Path, out_path: Path) -> None:
         preds = (raw[0], raw[1]) if case["task"] == "segment" else raw[0]
         decoder = p.postprocess(preds, img, [frame.copy()])[0]
         end_to_end = list(p(source=[frame.copy()], stream=False))[0]
-        results.append({"decoder": _result(decoder), "end_to_end": _result(end_to_end)})
+        results.append({"decoder": _result(decoder, masks, f"{i}"), "end_to_end": _result(end_to_end)})
     out_path.write_text(json.dumps(results))
+    np.savez_compressed(out_path.with_suffix(".masks.npz"), **masks)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from engines.adapters import AdapterParams
+from engines.adapters.masks import box_mask
 from engines.adapters.yolo import YoloAdapter
 from engines.base import EngineOptions, create_engine
 from engines.detection import Detection
@@ -83,6 +84,24 @@ class Case:
     input: np.ndarray  # (1, 3, H, W): perceptd's network input
     raw: list[np.ndarray]  # the engine's outputs for it, batch axis kept
     detections: list[Detection]  # perceptd's decoding
+    masks: list | None = None  # segmentation: each detection's whole mask in source pixels (bool)
+
+
+def full_masks(adapter: YoloAdapter, raw, fit, dets: list[Detection], hw) -> list[np.ndarray]:
+    """The mask perceptd computed for each detection (its polygon is that mask's outer contour), found
+    again from the candidate whose box became the detection's."""
+    boxes, _, _, coeffs = adapter._candidates(raw[0][0])
+    src = fit.boxes_to_source(boxes.astype(np.float32))
+    out = []
+    for d in dets:
+        k = int(np.abs(src - np.asarray(d.box, dtype=np.float32)).sum(axis=1).argmin())
+        mask = np.zeros(hw, dtype=bool)
+        found = box_mask(coeffs[k], raw[1][0], boxes[k], fit, adapter.input_hw)
+        if found is not None:
+            m, x0, y0 = found
+            mask[y0:y0 + m.shape[0], x0:x0 + m.shape[1]] = m > 0
+        out.append(mask)
+    return out
 
 
 def run_perceptd(model: str, path: Path, frame_list, params: AdapterParams | None = None) -> list[Case]:
@@ -99,7 +118,8 @@ def run_perceptd(model: str, path: Path, frame_list, params: AdapterParams | Non
             fit = adapter.preprocess(frame, x[0])
             raw = engine.infer(x)
             dets = adapter.postprocess([r[0] for r in raw], fit)
-            cases.append(Case(model, adapter.task, path, name, frame, x, raw, dets))
+            masks = full_masks(adapter, raw, fit, dets, frame.shape[:2]) if adapter.task == "segment" else None
+            cases.append(Case(model, adapter.task, path, name, frame, x, raw, dets, masks))
     return cases
 
 
@@ -118,7 +138,14 @@ def reference(cases: list[Case], tmp: Path) -> list[dict]:
     proc = subprocess.run([sys.executable, str(SCRIPT), "reference", str(npz), str(out)], cwd=tmp,
                           env=reference_env(tmp), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(out.read_text())
+    results = json.loads(out.read_text())
+    with np.load(out.with_suffix(".masks.npz")) as packed:
+        for i, (c, r) in enumerate(zip(cases, results)):
+            if "polygons" in r["decoder"]:
+                n, size = len(r["decoder"]["boxes"]), c.frame.shape[0] * c.frame.shape[1]
+                r["decoder"]["masks"] = [np.unpackbits(packed[f"{i}_{j}"])[:size].reshape(c.frame.shape[:2])
+                                         .astype(bool) for j in range(n)]
+    return results
 
 
 def box_iou(a, b) -> float:
@@ -155,12 +182,13 @@ class Agreement:
     box_ious: list = None
     score_diffs: list = None
     keypoint_px: list = None  # mean keypoint distance per matched pair, source pixels
-    mask_ious: list = None
+    mask_ious: list = None  # whole masks, source pixels (when both sides have them)
+    outline_ious: list = None  # the polygons: outer contour of each mask's largest part, filled
 
     def __post_init__(self):
-        self.box_ious, self.score_diffs, self.keypoint_px, self.mask_ious = [], [], [], []
+        self.box_ious, self.score_diffs, self.keypoint_px, self.mask_ious, self.outline_ious = [], [], [], [], []
 
-    def add(self, dets: list[Detection], ref: dict, hw: tuple[int, int]) -> None:
+    def add(self, dets: list[Detection], ref: dict, hw: tuple[int, int], masks: list | None = None) -> None:
         self.ours += len(dets)
         self.theirs += len(ref["boxes"])
         free = set(range(len(dets)))
@@ -183,7 +211,11 @@ class Agreement:
                 ours, theirs = np.asarray(d.keypoints)[:, :2], np.asarray(ref["keypoints"][j])[:, :2]
                 self.keypoint_px.append(float(np.linalg.norm(ours - theirs, axis=1).mean()))
             if "polygons" in ref:
-                self.mask_ious.append(mask_iou(d.polygon, ref["polygons"][j], hw))
+                self.outline_ious.append(mask_iou(d.polygon, ref["polygons"][j], hw))
+            if masks is not None and "masks" in ref:
+                a, b = masks[best], ref["masks"][j]
+                union = (a | b).sum()
+                self.mask_ious.append(float((a & b).sum() / union) if union else 1.0)
 
     @property
     def recall(self) -> float:
@@ -197,5 +229,9 @@ class Agreement:
         if self.keypoint_px:
             parts.append(f"keypoints mean {np.mean(self.keypoint_px):.3f} px, max {np.max(self.keypoint_px):.3f} px")
         if self.mask_ious:
-            parts.append(f"mask IoU mean {np.mean(self.mask_ious):.4f} min {np.min(self.mask_ious):.4f}")
+            parts.append(f"mask IoU mean {np.mean(self.mask_ious):.4f} median {np.median(self.mask_ious):.4f} "
+                         f"min {np.min(self.mask_ious):.4f}")
+        if self.outline_ious:
+            parts.append(f"polygon (largest part) IoU mean {np.mean(self.outline_ious):.4f} "
+                         f"median {np.median(self.outline_ious):.4f}")
         return "; ".join(parts)

@@ -12,6 +12,7 @@ import logging
 import numpy as np
 
 from engines.adapters.base import Adapter, AdapterParams, Letterbox, letterbox_planes, nms
+from engines.adapters.masks import mask_polygon
 from engines.adapters.yolo_layout import TASKS, YoloMeta, detect_layout, parse_metadata
 from engines.detection import Detection
 
@@ -154,6 +155,8 @@ class YoloAdapter(Adapter):
         return [
             Detection(self.label(int(c)), float(s), tuple(float(v) for v in b), int(c), **more)
             for b, s, c, more in zip(src, scores[keep], class_ids[keep], shapes)
+            # A detection whose mask is empty is dropped, as Ultralytics' predictor does.
+            if self._task != "segment" or more["polygon"]
         ]
 
     def _shapes(self, boxes: np.ndarray, extra: np.ndarray, outputs, fit: Letterbox) -> list[dict]:
@@ -166,4 +169,7 @@ class YoloAdapter(Adapter):
             if d == 2:
                 kpts = np.concatenate([kpts, np.ones((len(boxes), k, 1), dtype=np.float32)], axis=2)
             return [{"keypoints": tuple((float(x), float(y), float(v)) for x, y, v in row)} for row in kpts]
+        if self._task == "segment":
+            protos = np.asarray(outputs[1])
+            return [{"polygon": mask_polygon(c, protos, b, fit, self.input_hw)} for b, c in zip(boxes, extra)]
         return [{}] * len(boxes)
