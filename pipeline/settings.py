@@ -10,12 +10,13 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engines.cache import default_cache_dir
 from pipeline.errors import ConfigError
+from pipeline.per_label import Area, Confidence
 from pipeline.redact import redact_text
 from pipeline.yamlpos import line_for, load_yaml_with_lines
 
@@ -58,14 +59,11 @@ class ModelSettings(Strict):
     family: Literal["auto", "retinaface", "yolo", "classifier"] = "auto"
     labels: Optional[Path] = Field(None, description="Text file, one label per line")
     input_size: Optional[tuple[int, int]] = Field(None, description="[height, width] fed to the network")
-    confidence: Optional[Union[float, dict[str, float]]] = Field(
-        None, description="Minimum score: a number, or per label {person: 0.6, default: 0.4}; unset (and labels "
-        "without one, when there is no default): the family's default")
-    min_area: Union[float, dict[str, float]] = Field(
-        0.0, description="Smallest box kept, in source pixels (below 1: a fraction of the frame); a number, or per "
-        "label {person: 2000, default: 0}; 0: no limit")
-    max_area: Union[float, dict[str, float]] = Field(
-        0.0, description="Largest box kept, as min_area; 0: no limit")
+    confidence: Confidence = Field(None, description="Minimum score: a number, or per label {person: 0.6, "
+                                   "default: 0.4}; unset (and unnamed labels without a default): the family's")
+    min_area: Area = Field(0.0, description="Smallest box kept, source pixels (below 1: a fraction of the frame); "
+                           "a number or per label {person: 2000, default: 0}; 0: no limit")
+    max_area: Area = Field(0.0, description="Largest box kept, as min_area; 0: no limit")
     iou: float = Field(0.45, ge=0, le=1, description="NMS overlap threshold")
     max_detections: int = Field(100, ge=1, le=10000)
     top_k: int = Field(5, ge=1, le=1000, description="Classifiers: classes reported per frame")
@@ -77,27 +75,6 @@ class ModelSettings(Strict):
     resize: Literal["crop", "stretch"] = Field(
         "crop", description="Classifiers: crop = shorter side to input/0.875, centre crop (torchvision eval); "
         "stretch = straight to the input size")
-
-    @field_validator("confidence", "min_area", "max_area", mode="before")
-    @classmethod
-    def _per_label(cls, v, info):
-        """A number, or a mapping of label -> number ('default' for the labels not named). Checked here so
-        that an error names the key (a union's own errors name its members instead)."""
-        top = 1.0 if info.field_name == "confidence" else float("inf")
-        what = "between 0 and 1" if info.field_name == "confidence" else "0 or more"
-
-        def number(x, where: str) -> float:
-            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= top:
-                raise ValueError(f"{where} must be a number {what}")
-            return float(x)
-
-        if v is None and info.field_name == "confidence":
-            return None
-        if isinstance(v, dict):
-            if not v:
-                raise ValueError("give a number, or a mapping of labels to numbers (e.g. {person: 0.6, default: 0.4})")
-            return {str(k): number(x, f"{k!r}") for k, x in v.items()}
-        return number(v, "the value")
 
     @field_validator("input_size")
     @classmethod
