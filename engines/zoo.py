@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from engines.adapters.yolo_layout import parse_metadata
 from engines.errors import ModelError, UserError
+from engines.onnxmeta import read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,13 @@ class ResolvedModel:
     family: str  # "auto" when it is to be told from the model's outputs
     labels: tuple[str, ...]
     input_size: tuple[int, int] | None
+    # The ONNX file's metadata_props (Ultralytics: names, imgsz, task, end2end, kpt_shape), as sorted pairs
+    # so the model stays hashable and picklable.
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+# Ultralytics' `task` metadata -> perceptd's family, for `family: auto`.
+TASK_FAMILIES = {"detect": "yolo", "pose": "yolo", "segment": "yolo", "classify": "classifier"}
 
 
 def materialise(name: str, cache_dir: Path, backend: str = "onnxruntime") -> Path:
@@ -180,4 +189,14 @@ def resolve_model(name: str, family: str, labels_path: Path | None, input_size, 
         raise ModelError(f"model: {path} is not an ONNX model; {hint}")
     if not labels:  # labels given at export time travel in the sidecar
         labels = tuple(str(v) for v in read_sidecar(path).get("labels") or ())
-    return ResolvedModel(path.stem, path, family, labels, tuple(input_size) if input_size else None)
+    metadata: dict[str, str] = {} if backend in TORCH_BACKENDS else read_metadata(path)
+    meta = parse_metadata(metadata)
+    if not labels:  # a labels file or sidecar wins over what the exporter wrote
+        labels = meta.names
+    if meta.task and family == "auto":
+        family = TASK_FAMILIES.get(meta.task, "")
+        if not family:
+            raise ModelError(f"model: {path} is an Ultralytics {meta.task!r} model; perceptd runs detect, pose, "
+                             "segment and classify models")
+    size = tuple(input_size) if input_size else meta.imgsz
+    return ResolvedModel(path.stem, path, family, labels, size, tuple(sorted(metadata.items())))

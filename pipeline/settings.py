@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_va
 
 from engines.cache import default_cache_dir
 from pipeline.errors import ConfigError
+from pipeline.per_label import Area, Confidence
 from pipeline.redact import redact_text
 from pipeline.settings_events import MqttSettings, WebhookSettings
 from pipeline.settings_tracking import SceneSettings, Strict, TrackingSettings
@@ -56,7 +57,11 @@ class ModelSettings(Strict):
     family: Literal["auto", "retinaface", "yolo", "classifier"] = "auto"
     labels: Optional[Path] = Field(None, description="Text file, one label per line")
     input_size: Optional[tuple[int, int]] = Field(None, description="[height, width] fed to the network")
-    confidence: Optional[float] = Field(None, ge=0, le=1, description="Minimum score; family default if unset")
+    confidence: Confidence = Field(None, description="Minimum score: a number, or per label {person: 0.6, "
+                                   "default: 0.4}; unset (and unnamed labels without a default): the family's")
+    min_area: Area = Field(0.0, description="Smallest box kept, source pixels (below 1: a fraction of the frame); "
+                           "a number or per label {person: 2000, default: 0}; 0: no limit")
+    max_area: Area = Field(0.0, description="Largest box kept, as min_area; 0: no limit")
     iou: float = Field(0.45, ge=0, le=1, description="NMS overlap threshold")
     max_detections: int = Field(100, ge=1, le=10000)
     top_k: int = Field(5, ge=1, le=1000, description="Classifiers: classes reported per frame")
@@ -166,6 +171,9 @@ class OverlaySettings(Strict):
     boxes: bool = True
     labels: bool = True
     landmarks: bool = True
+    keypoints: bool = Field(True, description="Pose models: keypoints and, for COCO's 17, the skeleton")
+    masks: bool = Field(True, description="Segmentation models: each mask as a translucent fill")
+    mask_alpha: float = Field(0.4, ge=0, le=1, description="Opacity of a mask's fill")
     banner: bool = True
     thickness: int = Field(2, ge=1, le=16)
 

@@ -52,11 +52,14 @@ class WorkerSpec:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     resize: str = "crop"
+    # The model file's metadata_props (sorted key/value pairs); the yolo family reads Ultralytics' fields.
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 def guess_family(outputs: list[TensorInfo]) -> str | None:
     """Tell a model's family from its outputs when the config says `family: auto`."""
-    if len(outputs) == 3 and {o.name.lower() for o in outputs} >= {"loc", "conf"}:
+    if len(outputs) == 3 and ({o.name.lower() for o in outputs} >= {"loc", "conf"}
+                              or sorted(o.shape[-1] for o in outputs if isinstance(o.shape[-1], int)) == [2, 4, 10]):
         return "retinaface"
     if len(outputs) >= 1 and len(outputs[0].shape) == 3:
         return "yolo"
@@ -92,9 +95,10 @@ def planned_input_hw(spec: WorkerSpec) -> tuple[int, int] | None:
     return FAMILY_INPUT_DEFAULTS.get(spec.family)
 
 
-def _preprocess_kwargs(spec: WorkerSpec, family: str) -> dict:
+def _adapter_kwargs(spec: WorkerSpec, family: str) -> dict:
+    kwargs = {"metadata": dict(spec.metadata)} if family == "yolo" else {}
     if spec.mean is None and spec.std is None and spec.resize == "crop":
-        return {}
+        return kwargs
     if family != "classifier":
         raise ModelError(f"model.mean, model.std and model.resize apply to classifiers; {spec.model_name} is a "
                          f"{family} model: remove them")
@@ -127,10 +131,10 @@ class _Runner:
                                  f"{[o.shape for o in self.engine.outputs]}; set model.family")
         self.family = family
         self.input_hw = input_size_for(spec, family, self.engine.inputs[0])
-        self.adapter = adapter_class(family)(self.input_hw, list(spec.labels), spec.params,
-                                             **_preprocess_kwargs(spec, family))
         try:
-            self.adapter.check_outputs([o.shape for o in self.engine.outputs])
+            self.adapter = adapter_class(family)(self.input_hw, list(spec.labels), spec.params,
+                                                 **_adapter_kwargs(spec, family))
+            self.adapter.check_outputs([o.shape for o in self.engine.outputs], [o.name for o in self.engine.outputs])
         except ValueError as exc:
             raise ModelError(f"model {spec.model_name} does not look like a {family} model: {exc}") from None
         dtype = np.dtype(self.engine.inputs[0].dtype if self.engine.inputs[0].dtype != "?" else "float32")

@@ -211,3 +211,14 @@ def test_gpu_script_when_run_on_a_cpu_reports_each_config_and_keeps_going_past_a
     table = (out / "summary.md").read_text()
     assert "| onnxruntime-retinaface | onnxruntime cpu fp32 |" in table
     assert "torch-cuda-fp16: failed" in table or "torch-cuda-fp16: skipped" in table
+
+
+def test_nms_benchmark_when_quick_then_both_methods_timed_and_agree(capsys):
+    from benchmarks.nms import main
+
+    assert main(["--sizes", "10,200", "--repeats", "3", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 4 and {r[1] for r in rows} == {"numpy", "opencv"}
+    assert all(float(r[-3]) > 0 and float(r[-2]) >= float(r[-3]) for r in rows)  # median <= p99
+    assert "WARNING" not in out

@@ -75,3 +75,40 @@ def test_priors_when_input_is_not_a_multiple_of_32():
 def test_input_size_for_sources_when_frames_are_small_or_large():
     assert input_size_for_sources((144, 176)) == (160, 192)
     assert input_size_for_sources((1080, 1920)) == (384, 640)
+
+
+@pytest.mark.parametrize("renamed", [False, True])
+def test_retinaface_when_outputs_reordered_then_found_by_name_or_shape(cache_dir, tmp_path, renamed):
+    """The real model with its outputs in another order (and, renamed, with names that say nothing): the
+    adapter finds loc, conf and landmarks by name, else by shape, and finds the same face."""
+    import onnx
+
+    model = onnx.load(str(materialise("retinaface", cache_dir)))
+    outputs = list(model.graph.output)
+    del model.graph.output[:]
+    model.graph.output.extend([outputs[2], outputs[0], outputs[1]])
+    if renamed:
+        for i, node in enumerate(model.graph.node):
+            node.output[:] = [f"out{[o.name for o in outputs].index(n)}" if n in [o.name for o in outputs] else n
+                              for n in node.output]
+        for o in model.graph.output:
+            o.name = f"out{[p.name for p in outputs].index(o.name)}"
+    path = tmp_path / "reordered.onnx"
+    onnx.save(model, str(path))
+    with create_engine("onnxruntime", path, EngineOptions()) as eng:
+        adapter = RetinaFaceAdapter((512, 512), [], AdapterParams(confidence=0.8, iou=0.4))
+        adapter.check_outputs([o.shape for o in eng.outputs], [o.name for o in eng.outputs])
+        batch = np.zeros((1, 3, 512, 512), np.float32)
+        fit = adapter.preprocess(photo_bgr("astronaut"), batch[0])
+        dets = adapter.postprocess([o[0] for o in eng.infer(batch)], fit)
+    assert len(dets) == 1 and np.abs(np.array(dets[0].box) - ASTRONAUT_FACE).max() <= 6
+
+
+def test_retinaface_check_outputs_when_they_do_not_fit_then_one_line_naming_them():
+    adapter = RetinaFaceAdapter((512, 512), [], AdapterParams())
+    for shapes, names in (([(1, 100, 4), (1, 100, 2)], ["loc", "conf"]),
+                          ([(1, 100, 4), (1, 100, 4), (1, 100, 10)], ["a", "b", "c"]),
+                          ([(1, 100, 4), (1, 100, 3), (1, 100, 10)], ["a", "b", "c"])):
+        with pytest.raises(ValueError, match=r"RetinaFace needs 3 outputs.*the model has .*\[1, 100, 4\]") as exc:
+            adapter.check_outputs(shapes, names)
+        assert "\n" not in str(exc.value)

@@ -16,39 +16,66 @@ import numpy as np
 from engines.detection import Detection
 
 
+PerLabel = tuple[tuple[str, float], ...]  # (label, value) pairs: hashable and picklable, unlike a dict
+
+
 @dataclass(frozen=True)
 class AdapterParams:
-    confidence: float = 0.5  # minimum score kept
+    confidence: float = 0.5  # minimum score kept, for labels without their own
     iou: float = 0.45  # NMS overlap threshold
     max_detections: int = 100
     top_k: int = 5  # classifiers: how many classes to report
     classes: tuple[str, ...] = ()  # keep only these labels (empty: all)
+    label_confidence: PerLabel = ()  # per-label minimum scores, overriding `confidence`
+    # Box area limits in source pixels (a value below 1: that fraction of the frame); 0 = no limit.
+    min_area: float = 0.0
+    max_area: float = 0.0
+    label_min_area: PerLabel = ()
+    label_max_area: PerLabel = ()
 
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How a source image was fitted into the network input: scaled by `scale`, then shifted by the pads."""
+    """How a source image was fitted into the network input: scaled by `scale`, then shifted by the pads.
+
+    The resized image's sides are whole pixels, so each axis's true scale is its resized side over its source
+    side (`scale_x`, `scale_y`, e.g. 213/300 for 300 scaled by 320/451): mapping back with those is exact, as
+    Ultralytics' scale_boxes does. None: `scale` (a mapping made without resizing).
+    """
 
     scale: float
     pad_x: float
     pad_y: float
     src_w: int
     src_h: int
+    scale_x: float | None = None
+    scale_y: float | None = None
+
+    @property
+    def sx(self) -> float:
+        return self.scale_x or self.scale
+
+    @property
+    def sy(self) -> float:
+        return self.scale_y or self.scale
 
     def boxes_to_source(self, boxes: np.ndarray) -> np.ndarray:
         """(N, 4) x1y1x2y2 in input pixels -> source pixels, clipped to the image."""
         out = boxes.astype(np.float32, copy=True)
-        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale
-        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.sx
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.sy
         out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, self.src_w)
         out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, self.src_h)
         return out
 
-    def points_to_source(self, points: np.ndarray) -> np.ndarray:
-        """(..., 2) xy in input pixels -> source pixels."""
+    def points_to_source(self, points: np.ndarray, clip: bool = False) -> np.ndarray:
+        """(..., 2+) xy (then anything) in input pixels -> source pixels, clipped to the image with `clip`."""
         out = points.astype(np.float32, copy=True)
-        out[..., 0] = (out[..., 0] - self.pad_x) / self.scale
-        out[..., 1] = (out[..., 1] - self.pad_y) / self.scale
+        out[..., 0] = (out[..., 0] - self.pad_x) / self.sx
+        out[..., 1] = (out[..., 1] - self.pad_y) / self.sy
+        if clip:
+            out[..., 0] = np.clip(out[..., 0], 0, self.src_w)
+            out[..., 1] = np.clip(out[..., 1], 0, self.src_h)
         return out
 
 
@@ -60,7 +87,7 @@ def fit_into(src_hw: tuple[int, int], size_hw: tuple[int, int], center: bool) ->
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     pad_x = (tw - nw) // 2 if center else 0
     pad_y = (th - nh) // 2 if center else 0
-    return nh, nw, Letterbox(scale, float(pad_x), float(pad_y), w, h)
+    return nh, nw, Letterbox(scale, float(pad_x), float(pad_y), w, h, nw / w, nh / h)
 
 
 def _resized(image: np.ndarray, nh: int, nw: int, scratch: dict | None) -> np.ndarray:
@@ -118,20 +145,28 @@ def letterbox_planes(image: np.ndarray, out: np.ndarray, center: bool, order=(0,
     return fit
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, class_ids: np.ndarray | None = None,
-        limit: int = 0) -> np.ndarray:
-    """Greedy non-maximum suppression; indices of kept boxes by descending score.
+def class_regions(boxes: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
+    """Move each class's boxes into a region of the plane no other class reaches, so that one NMS pass over
+    all boxes never lets two classes suppress each other.
 
-    With `class_ids`, boxes of different classes never suppress each other (offset trick: each class is
-    moved to its own region of the plane).
+    The boxes are first shifted so the smallest coordinate is 0; every box then lies in [0, span], and class c
+    is moved by c * (span + 1). An offset from the largest coordinate alone (max + 1, as the usual trick and
+    OpenCV's NMSBoxesBatched do) lets a box with negative coordinates reach the next class's region.
+    Float64: at 80 classes of 4K frames the offsets pass 300,000, where float32 keeps only 1/32 px.
     """
-    if len(boxes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    b = boxes.astype(np.float32)
-    if class_ids is not None:
-        offset = (b.max() + 1.0) * class_ids.astype(np.float32)[:, None]
-        b = b + offset
-    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    b = boxes.astype(np.float64, copy=True)
+    if len(b) == 0:
+        return b
+    lo, hi = float(b.min()), float(b.max())
+    b -= lo
+    b += (hi - lo + 1.0) * class_ids.astype(np.float64)[:, None]
+    return b
+
+
+def nms_greedy(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int = 0) -> np.ndarray:
+    """Greedy non-maximum suppression in numpy: indices of kept boxes (x1y1x2y2) by descending score; ties
+    keep the input order. A box is suppressed when its IoU with a kept one is above `iou`."""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     areas = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
     order = np.argsort(-scores, kind="stable")
     keep: list[int] = []
@@ -148,6 +183,31 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, class_ids: np.ndarray
         overlap = np.where(union > 0, inter / np.maximum(union, 1e-9), 0)
         order = rest[overlap <= iou]
     return np.asarray(keep, dtype=np.int64)
+
+
+def nms_opencv(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int = 0) -> np.ndarray:
+    """The same suppression by OpenCV's cv2.dnn.NMSBoxes (x1y1x2y2 in, converted to x, y, w, h), except that a
+    box scoring exactly 0 is never kept: OpenCV takes a score threshold >= 0 and keeps what is above it."""
+    xywh = np.empty_like(boxes, dtype=np.float64)
+    xywh[:, :2] = boxes[:, :2]
+    xywh[:, 2:] = boxes[:, 2:] - boxes[:, :2]
+    # No top_k: OpenCV's caps the candidates before suppression, not the boxes kept.
+    kept = np.asarray(cv2.dnn.NMSBoxes(xywh, scores.astype(np.float32), 0.0, float(iou)), dtype=np.int64).reshape(-1)
+    return kept[:limit] if limit else kept
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, class_ids: np.ndarray | None = None,
+        limit: int = 0) -> np.ndarray:
+    """Non-maximum suppression; indices of kept boxes (x1y1x2y2) by descending score, at most `limit` (0: all).
+
+    With `class_ids`, boxes of different classes never suppress each other (class_regions). OpenCV's
+    NMSBoxes does the suppression: `python -m benchmarks.nms` measured it 3-5x faster than the numpy loop
+    from 10 to 5,000 candidates (benchmarks/README.md). Scores of exactly 0 are never kept.
+    """
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    b = class_regions(boxes, class_ids) if class_ids is not None else boxes
+    return nms_opencv(b, scores, iou, limit)
 
 
 def read_labels(path: Path | None) -> list[str]:
@@ -168,11 +228,58 @@ class Adapter(ABC):
         self.labels = list(labels)
         self.params = params
         self._keep = set(params.classes)
+        # Per-class thresholds as arrays indexed by class id (built on first use), so that a frame's
+        # candidates are filtered in one step. Ids past the labels (or with no labels) take the plain value.
+        self._tables: dict[tuple[str, int], np.ndarray] = {}
 
     def set_params(self, params: AdapterParams) -> None:
         """New thresholds and filters (a config reload), from the next frame on."""
         self.params = params
         self._keep = set(params.classes)
+        self._tables.clear()
+
+    def _table(self, name: str, default: float, per_label, size: int) -> np.ndarray:
+        key = (name, size)
+        table = self._tables.get(key)
+        if table is None:
+            table = np.full(max(size, len(self.labels), 1), default, dtype=np.float64)
+            for label, value in per_label:
+                for i, known in enumerate(self.labels):
+                    if known == label:
+                        table[i] = value
+            self._tables[key] = table
+        return table
+
+    @property
+    def min_confidence(self) -> float:
+        """The lowest score any class may be kept with: the cheap first cut before per-class thresholds."""
+        return min([self.params.confidence, *(v for _, v in self.params.label_confidence)])
+
+    def confident(self, scores: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
+        """Mask of the scores at or above their class's confidence."""
+        if not self.params.label_confidence:
+            return scores >= self.params.confidence
+        table = self._table("confidence", self.params.confidence, self.params.label_confidence,
+                            int(class_ids.max(initial=0)) + 1)
+        return scores >= table[class_ids]
+
+    def area_ok(self, boxes_src: np.ndarray, class_ids: np.ndarray, fit: "Letterbox") -> np.ndarray:
+        """Mask of the source-pixel boxes whose area is within their class's min_area/max_area."""
+        p = self.params
+        ok = np.ones(len(boxes_src), dtype=bool)
+        if not (p.min_area or p.max_area or p.label_min_area or p.label_max_area):
+            return ok
+        frame = float(fit.src_w * fit.src_h)
+        area = np.maximum(0, boxes_src[:, 2] - boxes_src[:, 0]) * np.maximum(0, boxes_src[:, 3] - boxes_src[:, 1])
+        size = int(class_ids.max(initial=0)) + 1
+        for name, default, per_label, keep in (("min_area", p.min_area, p.label_min_area, np.greater_equal),
+                                               ("max_area", p.max_area, p.label_max_area, np.less_equal)):
+            if not (default or per_label):
+                continue
+            limit = self._table(name, default, per_label, size)[class_ids]
+            limit = np.where(limit < 1, limit * frame, limit)  # below 1: a fraction of the frame
+            ok &= (limit == 0) | keep(area, limit)
+        return ok
 
     def label(self, class_id: int) -> str:
         return self.labels[class_id] if 0 <= class_id < len(self.labels) else str(class_id)
@@ -188,5 +295,6 @@ class Adapter(ABC):
     def postprocess(self, outputs: list[np.ndarray], fit: Letterbox) -> list[Detection]:
         """Decode one frame's outputs (batch axis removed) into detections in source pixels."""
 
-    def check_outputs(self, output_shapes: list[tuple]) -> None:
-        """Raise ValueError when the engine's outputs cannot be this family's. Families override."""
+    def check_outputs(self, output_shapes: list[tuple], output_names: tuple[str, ...] | list[str] = ()) -> None:
+        """Raise ValueError when the engine's outputs (batch axis first, in the engine's order) cannot be this
+        family's. Families override, and may remember how to read them."""

@@ -63,7 +63,7 @@ class ClassifierAdapter(Adapter):
         self._mul = (1.0 / (255.0 * std_arr)).astype(np.float32)
         self._sub = (np.asarray(self.mean, dtype=np.float64) / std_arr).astype(np.float32)
 
-    def check_outputs(self, output_shapes):
+    def check_outputs(self, output_shapes, output_names=()):
         """Batch axis first: [batch, nc] or [batch, nc, 1, 1] (a 1x1 conv head)."""
         if not output_shapes:
             raise ValueError("a classifier needs one output (class scores); the model has none")
@@ -114,11 +114,12 @@ class ClassifierAdapter(Adapter):
         found: list[Detection] = []
         # Walk classes by descending score: the classes filter applies before top-k, so a filtered run
         # still reports up to top_k of the wanted classes.
+        confident = self.confident(scores, np.arange(len(scores)))
         for class_id in np.argsort(-scores, kind="stable"):
             score = float(scores[class_id])
-            if score < self.params.confidence or len(found) >= top_k:
+            if score < self.min_confidence or len(found) >= top_k:
                 break
             label = self.label(int(class_id))
-            if self.wanted(label):
+            if confident[class_id] and self.wanted(label):
                 found.append(Detection(label, score, box, int(class_id)))
         return found

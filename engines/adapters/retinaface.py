@@ -41,6 +41,32 @@ def priors(input_hw: tuple[int, int]) -> np.ndarray:
     return np.vstack(rows).astype(np.float32)
 
 
+ROLES = (("loc", 4, ("loc", "bbox", "box")), ("conf", 2, ("conf", "score", "cls")),
+         ("landmarks", 10, ("landm", "landmark", "kps")))
+
+
+def retinaface_outputs(shapes, names=()) -> tuple[int, int, int]:
+    """Positions of (loc [N, 4], conf [N, 2], landmarks [N, 10]) among a model's outputs, told by name when
+    every name says it, else by the last dimension. ValueError naming the outputs when neither works."""
+    shapes = [tuple(s) for s in shapes]
+    names = [str(n).lower() for n in names] or [""] * len(shapes)
+    found = []
+    for _, _, words in ROLES:  # by name: each role's words in exactly one output name
+        hits = [i for i, n in enumerate(names) if any(w in n for w in words)]
+        found.append(hits[0] if len(hits) == 1 else None)
+    if None in found or len(set(found)) != 3:
+        found = []
+        for _, last, _ in ROLES:
+            hits = [i for i, s in enumerate(shapes) if s and s[-1] == last]
+            found.append(hits[0] if len(hits) == 1 else None)
+    if len(shapes) != 3 or None in found or len(set(found)) != 3 or any(
+            isinstance(shapes[i][-1], int) and shapes[i][-1] != last for i, (_, last, _) in zip(found, ROLES)):
+        have = ", ".join(f"{n or '?'} {list(s)}" for n, s in zip(names, shapes)) or "none"
+        raise ValueError(f"RetinaFace needs 3 outputs, loc [N, 4], conf [N, 2] and landmarks [N, 10] (by name or "
+                         f"shape); the model has {have}")
+    return tuple(found)
+
+
 class RetinaFaceAdapter(Adapter):
     family = "retinaface"
 
@@ -49,22 +75,29 @@ class RetinaFaceAdapter(Adapter):
         self._priors = priors(self.input_hw)
         self._mean = tuple(float(v) for v in MEAN_BGR)
         self._scratch: dict = {}
+        self._order = (0, 1, 2)  # positions of loc, conf, landmarks among the outputs (check_outputs)
 
-    def check_outputs(self, output_shapes):
-        if len(output_shapes) != 3:
-            raise ValueError(f"RetinaFace needs 3 outputs (loc, conf, landmarks), the model has {len(output_shapes)}")
+    def check_outputs(self, output_shapes, output_names=()):
+        """Find loc, conf and landmarks by name, else by their last dimension (4, 2, 10): exports differ in
+        output order, and reading them by position decodes garbage."""
+        self._order = retinaface_outputs(output_shapes, output_names)
 
     def preprocess(self, image_bgr, out):
         # Padding is the mean itself, so it is exactly zero after the subtraction, as in the original code.
         return letterbox_planes(image_bgr, out, center=False, subtract=self._mean, scratch=self._scratch)
 
     def postprocess(self, outputs, fit: Letterbox):
-        loc, conf, landmarks = outputs
+        loc, conf, landmarks = (outputs[i] for i in self._order)
         n = len(self._priors)
         if loc.shape[0] != n:
             raise ValueError(f"RetinaFace emitted {loc.shape[0]} boxes for {n} priors: input size mismatch")
         scores = conf[:, 1]
-        idx = np.flatnonzero(scores >= self.params.confidence)
+        label = self.label(0)
+        if not self.wanted(label):
+            return []
+        face = np.zeros(1, dtype=np.int64)
+        idx = np.flatnonzero(scores >= self.min_confidence)
+        idx = idx[self.confident(scores[idx], face.repeat(idx.size))]
         if idx.size == 0:
             return []
         p = self._priors[idx]
@@ -74,12 +107,11 @@ class RetinaFaceAdapter(Adapter):
         sizes = p[:, 2:] * np.exp(d[:, 2:] * v1)
         boxes = np.hstack([centers - sizes / 2, centers + sizes / 2])
         lms = p[:, None, :2] + landmarks[idx].reshape(-1, 5, 2) * v0 * p[:, None, 2:]
+        sized = self.area_ok(fit.boxes_to_source(boxes), face.repeat(len(boxes)), fit)  # before NMS, as yolo
+        idx, boxes, lms = idx[sized], boxes[sized], lms[sized]
         keep = nms(boxes, scores[idx], self.params.iou, limit=self.params.max_detections)
         boxes = fit.boxes_to_source(boxes[keep])
         lms = fit.points_to_source(lms[keep])
-        label = self.label(0)
-        if not self.wanted(label):
-            return []
         return [
             Detection(label, float(s), tuple(float(v) for v in b), 0, tuple((float(x), float(y)) for x, y in pts))
             for b, s, pts in zip(boxes, scores[idx][keep], lms)

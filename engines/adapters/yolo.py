@@ -1,13 +1,8 @@
-"""Ultralytics-style YOLO ONNX exports: YOLOv8/v11 (`[4+nc, N]`, no objectness) and YOLOv5 (`[N, 5+nc]`).
+"""Ultralytics-style YOLO ONNX exports: detection in the v8/v11, v5 and end-to-end layouts
+(engines/adapters/yolo_layout.py says which is which).
 
-Both carry boxes as cx, cy, w, h in input pixels of a centered, grey-padded (114) letterbox, RGB in
-[0, 1]. The export has no NMS in it, so class-wise NMS runs here.
-
-Layout rule (one frame's prediction tensor of shape (a, b), batch axis removed):
-  1. With a labels list (nc = len(labels)): v8 when a == 4+nc and b != 5+nc; v5 when b == 5+nc and
-     a != 4+nc. This settles small or unusual exports where the shape alone would mislead.
-  2. Otherwise (no labels, both match, neither matches): v8 when a < b, else v5. Real exports always have
-     far more candidates than channels (v8: 84 x 8400, v5: 25200 x 85), so the short axis is the channels.
+Boxes are in input pixels of a centered, grey-padded (114) letterbox, RGB in [0, 1]. v8 and v5 exports have
+no NMS in them, so class-wise NMS runs here; end-to-end exports are already free of duplicates.
 """
 
 from __future__ import annotations
@@ -17,24 +12,14 @@ import logging
 import numpy as np
 
 from engines.adapters.base import Adapter, AdapterParams, Letterbox, letterbox_planes, nms
+from engines.adapters.masks import mask_polygon
+from engines.adapters.yolo_layout import TASKS, YoloMeta, detect_layout, parse_metadata
 from engines.detection import Detection
 
 log = logging.getLogger(__name__)
 
 PAD_VALUE = (114, 114, 114)  # Ultralytics' letterbox grey
 _INV255 = np.float32(1.0 / 255.0)
-
-
-def detect_layout(shape: tuple, nc: int = 0) -> str:
-    """'v8' or 'v5' for a per-frame prediction shape (a, b); see the module docstring for the rule."""
-    a, b = int(shape[0]), int(shape[1])
-    if nc > 0:
-        v8, v5 = a == 4 + nc, b == 5 + nc
-        if v8 and not v5:
-            return "v8"
-        if v5 and not v8:
-            return "v5"
-    return "v8" if a < b else "v5"
 
 
 def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
@@ -45,86 +30,146 @@ def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
 class YoloAdapter(Adapter):
     family = "yolo"
 
-    def __init__(self, input_hw, labels, params: AdapterParams):
-        super().__init__(input_hw, labels, params)
+    def __init__(self, input_hw, labels, params: AdapterParams, *, metadata: dict | None = None):
+        self.meta: YoloMeta = parse_metadata(metadata or {})
+        # A labels file wins over the metadata's names (resolve_model already chose; this is for direct use).
+        super().__init__(input_hw, labels or list(self.meta.names), params)
+        if self.meta.task is not None and self.meta.task not in TASKS:
+            raise ValueError(f"Ultralytics task {self.meta.task!r} is not one perceptd decodes as yolo "
+                             f"({', '.join(TASKS)})")
         self._scratch: dict = {}
-        self._layouts: dict[tuple, str] = {}  # per prediction shape: decided once, not per frame
-        self._warned_nc = False
+        self._layout: str | None = None  # decided once from the engine's output shapes (check_outputs)
+        self._extra = 0  # channels after the class scores: keypoint values or mask coefficients
+        self._nc = len(self.meta.names)  # the metadata's class count; the labels file may not match it
+        self._task = self.meta.task or "detect"  # without metadata: "segment" when there are prototypes
 
-    def check_outputs(self, output_shapes):
+    @property
+    def task(self) -> str:
+        return self._task
+
+    def check_outputs(self, output_shapes, output_names=()):
         """`output_shapes` as the engine reports them: batch axis first, None for dynamic dimensions.
 
-        Extra outputs (segmentation prototypes, v5's raw heads) are allowed; only the first is decoded.
+        Decides the layout now, at load time: a model that fits none fails here with its shape named.
         """
         if not output_shapes:
             raise ValueError("YOLO needs at least one output (the prediction tensor); the model has none")
         shape = tuple(output_shapes[0])
         if len(shape) != 3:
-            raise ValueError(f"YOLO's first output must be [batch, 4+nc, N] (v8/v11) or [batch, N, 5+nc] (v5); "
-                             f"the model's has rank {len(shape)}: {shape}")
-        dims = tuple(d for d in shape[1:] if isinstance(d, int) and d > 0)
-        if len(dims) == 2:
-            layout = self._layout(dims)  # also warns now, at load time, if the labels don't fit the model
-            channels, least = (dims[0], 5) if layout == "v8" else (dims[1], 6)
-            if channels < least:
-                raise ValueError(f"YOLO's first output {shape} read as {layout} has {channels} channels; "
-                                 f"it needs at least {least} (box, {'objectness, ' * (layout == 'v5')}classes)")
+            raise ValueError(f"YOLO's first output must be [batch, 4+nc, N] (v8/v11), [batch, N, 5+nc] (v5) or "
+                             f"[batch, N, 6] (end-to-end); the model's has rank {len(shape)}: {list(shape)}")
+        self._extra = self._extra_channels(output_shapes)
+        dims = shape[1:]
+        if not all(isinstance(d, int) and d > 0 for d in dims):
+            return  # dynamic: decided on the first frame
+        self._decide(tuple(int(d) for d in dims))
+
+    def _extra_channels(self, output_shapes) -> int:
+        """Channels after the class scores: K*D keypoint values (pose, K and D from the metadata's kpt_shape)
+        or the prototypes' count of mask coefficients (segment: a second output [batch, nm, mh, mw])."""
+        protos = len(output_shapes) > 1 and len(output_shapes[1]) == 4
+        self._task = self.meta.task or ("segment" if protos else "detect")
+        if self._task == "pose":
+            if self.meta.kpt_shape is None:
+                raise ValueError("a YOLO pose model needs kpt_shape in its metadata (Ultralytics writes it); "
+                                 "re-export it with Ultralytics")
+            k, d = self.meta.kpt_shape
+            if d not in (2, 3):
+                raise ValueError(f"kpt_shape {list(self.meta.kpt_shape)}: keypoints need 2 or 3 values each")
+            return k * d
+        if self._task == "segment":
+            nm = output_shapes[1][1] if protos else None
+            if not isinstance(nm, int):
+                raise ValueError(f"a YOLO segmentation model needs prototypes [batch, nm, mh, mw] as its second output; "
+                                 f"the model's outputs: {[list(s) for s in output_shapes]}")
+            return nm
+        return 0
+
+    def _decide(self, shape: tuple[int, int]) -> str:
+        nc = self._nc or len(self.labels)
+        layout = detect_layout(shape, nc, self._extra, self.meta.end2end, self.input_hw)
+        model_nc = {"v8": shape[0] - 4, "v5": shape[1] - 5}.get(layout, 0) - self._extra * (layout != "e2e")
+        if self.labels and model_nc and model_nc != len(self.labels):
+            log.warning("labels list has %d classes but the YOLO output %s (%s layout) has %d; unknown ids are "
+                        "reported as numbers", len(self.labels), list(shape), layout, model_nc)
+        log.info("YOLO output %s decoded as the %s layout (%s)", list(shape), layout, self.task)
+        self._layout = layout
+        return layout
 
     def preprocess(self, image_bgr, out):
         # RGB in [0, 1]: the BGR->RGB swap is just the order the planes are written in. The grey padding is
         # written as its value, 114/255.
-        fit = letterbox_planes(image_bgr, out, center=True, order=(2, 1, 0), multiply=float(_INV255),
-                               pad=PAD_VALUE, scratch=self._scratch)
-        return fit
+        return letterbox_planes(image_bgr, out, center=True, order=(2, 1, 0), multiply=float(_INV255),
+                                pad=PAD_VALUE, scratch=self._scratch)
 
-    def _layout(self, shape: tuple) -> str:
-        layout = self._layouts.get(shape)
-        if layout is None:
-            nc = len(self.labels)
-            layout = self._layouts[shape] = detect_layout(shape, nc)
-            model_nc = shape[0] - 4 if layout == "v8" else shape[1] - 5
-            if nc and model_nc != nc and not self._warned_nc:
-                self._warned_nc = True
-                log.warning("labels list has %d classes but the YOLO output %s (%s layout) has %d; "
-                            "unknown ids are reported as numbers", nc, shape, layout, model_nc)
-            log.debug("YOLO output %s decoded as %s layout", shape, layout)
-        return layout
-
-    def _candidates(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Best class per candidate above the confidence: (xywh (K, 4), scores (K,), class ids (K,))."""
-        conf = self.params.confidence
-        if self._layout(pred.shape) == "v8":
-            cls = pred[4:]
+    def _candidates(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Best class per candidate above the confidence: (xyxy (K, 4), scores (K,), class ids (K,), extra
+        (K, E)), in input pixels."""
+        conf = self.min_confidence
+        layout = self._layout or self._decide(pred.shape)
+        e = self._extra
+        if layout == "v8":
+            nc = pred.shape[0] - 4 - e
+            cls = pred[4:4 + nc]
             scores = cls.max(axis=0)
             idx = np.flatnonzero(scores >= conf)
             # Only the survivors are transposed: the full tensor is 84 x 8400, survivors are a handful.
-            return pred[:4, idx].T, scores[idx], cls[:, idx].argmax(axis=0)
+            return (xywh_to_xyxy(pred[:4, idx].T), scores[idx], cls[:, idx].argmax(axis=0),
+                    pred[4 + nc:, idx].T)
+        if layout == "e2e":
+            idx = np.flatnonzero(pred[:, 4] >= conf)
+            rows = pred[idx]
+            return rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64), rows[:, 6:]
         # v5: score = objectness * class score <= objectness, so objectness alone prunes most rows cheaply.
-        idx = np.flatnonzero(pred[:, 4] >= conf)
-        rows = pred[idx]
-        cls = rows[:, 5:] * rows[:, 4:5]
+        nc = pred.shape[1] - 5 - e
+        rows = pred[np.flatnonzero(pred[:, 4] >= conf)]
+        cls = rows[:, 5:5 + nc] * rows[:, 4:5]
         class_ids = cls.argmax(axis=1)
         scores = cls[np.arange(len(rows)), class_ids]
         keep = scores >= conf
-        return rows[keep, :4], scores[keep], class_ids[keep]
+        return xywh_to_xyxy(rows[keep, :4]), scores[keep], class_ids[keep], rows[keep, 5 + nc:]
 
     def postprocess(self, outputs, fit: Letterbox):
         pred = np.asarray(outputs[0])
         if pred.ndim != 2:
             raise ValueError(f"YOLO prediction must be 2-D per frame, got shape {pred.shape}")
-        xywh, scores, class_ids = self._candidates(pred)
-        if self._keep and len(class_ids):
-            # Filter before NMS so unwanted classes never take a max_detections slot; class-wise NMS means
-            # dropping a class cannot change what happens to the others.
-            wanted = {int(c) for c in np.unique(class_ids) if self.wanted(self.label(int(c)))}
-            mask = np.isin(class_ids, list(wanted))
-            xywh, scores, class_ids = xywh[mask], scores[mask], class_ids[mask]
+        boxes, scores, class_ids, extra = self._candidates(pred)
         if len(scores) == 0:
             return []
-        boxes = xywh_to_xyxy(xywh.astype(np.float32, copy=False))
-        keep = nms(boxes, scores, self.params.iou, class_ids=class_ids, limit=self.params.max_detections)
+        boxes = boxes.astype(np.float32, copy=False)
+        # Every filter runs before NMS, so that nothing filtered out takes a max_detections slot; class-wise
+        # NMS means dropping a class cannot change what happens to the others.
+        mask = self.confident(scores, class_ids) & self.area_ok(fit.boxes_to_source(boxes), class_ids, fit)
+        if self._keep:
+            mask &= np.isin(class_ids, [c for c in np.unique(class_ids) if self.wanted(self.label(int(c)))])
+        if not mask.all():
+            boxes, scores, class_ids, extra = boxes[mask], scores[mask], class_ids[mask], extra[mask]
+        if len(scores) == 0:
+            return []
+        if self._layout == "e2e":  # ranked by the model, duplicates already removed
+            keep = np.argsort(-scores, kind="stable")[:self.params.max_detections]
+        else:
+            keep = nms(boxes, scores, self.params.iou, class_ids=class_ids, limit=self.params.max_detections)
         src = fit.boxes_to_source(boxes[keep])
+        shapes = self._shapes(boxes[keep], extra[keep], outputs, fit)
         return [
-            Detection(self.label(int(c)), float(s), tuple(float(v) for v in b), int(c))
-            for b, s, c in zip(src, scores[keep], class_ids[keep])
+            Detection(self.label(int(c)), float(s), tuple(float(v) for v in b), int(c), **more)
+            for b, s, c, more in zip(src, scores[keep], class_ids[keep], shapes)
+            # A detection whose mask is empty is dropped, as Ultralytics' predictor does.
+            if self._task != "segment" or more["polygon"]
         ]
+
+    def _shapes(self, boxes: np.ndarray, extra: np.ndarray, outputs, fit: Letterbox) -> list[dict]:
+        """Per kept detection, the Detection fields beyond the box: keypoints (pose), polygon (segment)."""
+        if self._task == "pose" and len(boxes):
+            k, d = self.meta.kpt_shape
+            # The export decodes keypoints to input pixels (and visibility through a sigmoid); clipped to
+            # the frame, as Ultralytics' scale_coords does.
+            kpts = fit.points_to_source(extra.reshape(len(boxes), k, d), clip=True)
+            if d == 2:
+                kpts = np.concatenate([kpts, np.ones((len(boxes), k, 1), dtype=np.float32)], axis=2)
+            return [{"keypoints": tuple((float(x), float(y), float(v)) for x, y, v in row)} for row in kpts]
+        if self._task == "segment":
+            protos = np.asarray(outputs[1])
+            return [{"polygon": mask_polygon(c, protos, b, fit, self.input_hw)} for b, c in zip(boxes, extra)]
+        return [{}] * len(boxes)

@@ -251,7 +251,7 @@ class SourceOutput:
         if self.settings.overlay.banner:
             fps, e2e_ms = self.stats()
             banner = f"{self.name}  {fps:5.1f} fps  {e2e_ms:5.0f} ms"
-        draw(frame.image, r.detections, self._overlay, banner)
+        draw(frame.image, r.detections, self._overlay, banner, self._mask_labels)
         if ids is not None:
             self.tracking.draw(frame.image, r.detections, ids, self._overlay.thickness)
 
