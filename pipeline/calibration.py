@@ -35,9 +35,10 @@ def _adapter(family: str, input_hw: tuple[int, int], kwargs: tuple):
 def calibration_preprocess(spec) -> FramePreprocess | None:
     """For a pipeline.worker.WorkerSpec: the worker's own adapter preprocessing, or None while the family is
     "auto" (told from the engine's outputs, after the build; calibrating then asks for model.family)."""
-    from pipeline.worker import _preprocess_kwargs  # the worker's rule for which options reach its adapter
+    from pipeline.worker import _adapter_kwargs  # the worker's rule for which options reach its adapter
 
     if spec.family not in FAMILIES:
         return None
-    kwargs = _preprocess_kwargs(spec, spec.family)
+    # Only what preprocessing reads (a YOLO export's metadata shapes its decoding, not its input).
+    kwargs = {k: v for k, v in _adapter_kwargs(spec, spec.family).items() if k in ("mean", "std", "resize")}
     return FramePreprocess(spec.family, tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
