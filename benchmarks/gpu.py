@@ -85,9 +85,9 @@ def plan(work: Path) -> list[tuple[str, list[str], str]]:
     return out
 
 
-def run_config(name: str, args: list[str], out: Path, seconds: float) -> dict:
+def run_config(name: str, args: list[str], out: Path, seconds: float, only: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "benchmarks", *args, *RUN_ARGS, "--out", str(out)]
+    cmd = [sys.executable, "-m", "benchmarks", *args, *RUN_ARGS, *(["--only", only] if only else []), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     print(f"== {name}: {shlex.join(cmd[1:])} (at most {seconds:.0f} s)", file=sys.stderr, flush=True)
     t0 = time.monotonic()
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", help="comma-separated subset of the configs, by name")
     ap.add_argument("--out", type=Path, help="default benchmarks/results/gpu-<date>")
     ap.add_argument("--no-gpu-check", action="store_true", help=argparse.SUPPRESS)  # tests of this script on CPUs
+    ap.add_argument("--only", help=argparse.SUPPRESS)  # tests: fewer sections per config (benchmarks --only)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     t0 = time.monotonic()
@@ -173,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             elif left < MIN_SECONDS:
                 statuses[name] = {"status": "skipped", "note": f"{note}; {left:.0f} s of the budget left"}
             else:
-                statuses[name] = {**run_config(name, [*bench_args, "--clip", args.clip], out / name, left - 5),
-                                  "note": note}
+                run = run_config(name, [*bench_args, "--clip", args.clip], out / name, left - 5, args.only)
+                statuses[name] = {**run, "note": note}
     command = shlex.join(["python", "-m", "benchmarks.gpu", *argv])
     path = write_summary(out, command, started.isoformat(timespec="seconds"), statuses)
     print(path.read_text())
