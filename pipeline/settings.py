@@ -31,6 +31,9 @@ class SourceSettings(SceneSettings):
     uri: str = Field(min_length=1, description="File path, camera index or /dev/videoN, rtsp/http URL, "
                      "GStreamer pipeline, or sample:carphone")
     kind: Literal["auto", "file", "camera", "network", "gstreamer"] = "auto"
+    decoder: Literal["auto", "ffmpeg", "gstreamer"] = Field(
+        "auto", description="Files and RTSP: auto = through GStreamer when this OpenCV has it and a hardware "
+        "decoder exists for the codec (NVDEC, VA-API), else FFmpeg; ffmpeg; gstreamer (required, software too)")
     loop: bool = Field(False, description="Files: start again at the end instead of finishing")
     realtime: bool = Field(False, description="Files: pace at the native frame rate (then behaves as live)")
     speed: float = Field(1.0, gt=0, le=1000, description="Files with realtime: pace multiplier")

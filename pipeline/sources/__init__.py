@@ -13,12 +13,15 @@ from pipeline.sources.network import NetworkSource
 def make_source(settings: SourceSettings) -> VideoSource:
     kind = settings.resolved_kind
     if kind == "file":
-        return FileSource(settings.uri, settings.name)
-    if kind == "camera":
+        source = FileSource(settings.uri, settings.name)
+    elif kind == "camera":
         return CameraSource(settings.uri, settings.name)
-    if kind == "network":
-        return NetworkSource(settings.uri, settings.name, settings.open_timeout_s, settings.stall_timeout_s)
-    return GStreamerSource(settings.uri, settings.name)
+    elif kind == "network":
+        source = NetworkSource(settings.uri, settings.name, settings.open_timeout_s, settings.stall_timeout_s)
+    else:
+        return GStreamerSource(settings.uri, settings.name)
+    source.decoder = settings.decoder  # files and RTSP: through GStreamer where it can (see sources/gst.py)
+    return source
 
 
 __all__ = ["StreamInfo", "VideoSource", "make_source"]

@@ -72,7 +72,10 @@ class FileSource(VideoSource):
     def _open_hint(self) -> str:
         return ": not a video OpenCV's FFmpeg can decode (corrupt, or not a video); check the file"
 
+    def _gst_target(self) -> str | None:
+        return None if self.live else str(self.path)  # a pipe: FFmpeg reads any format from it
+
     def rewind(self) -> bool:
-        if self._cap is None:
+        if self._cap is None or self._gst_opened_ns:  # GStreamer: reopened instead (its frame count restarts)
             return False
         return bool(self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0))

@@ -25,5 +25,8 @@ class NetworkSource(VideoSource):
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.stall_ms]
         return cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, params)
 
+    def _gst_target(self) -> str | None:
+        return self.uri if self.uri.lower().startswith(("rtsp://", "rtsps://")) else None
+
     def _open_hint(self) -> str:
         return " (check the address, credentials and that the stream is up)"
