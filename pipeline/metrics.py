@@ -3,10 +3,16 @@ low-cardinality: source (config names, never URIs), stage, reason."""
 
 from __future__ import annotations
 
+import socket
+
 from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info, PlatformCollector,
-                               ProcessCollector)
+                               ProcessCollector, disable_created_metrics)
 
 from pipeline import __version__
+
+# No *_created series: Prometheus 2.x stores each as one more series that nothing reads (rate() and increase()
+# handle counter resets without it), and they were a quarter of what a device's agent sent upstream.
+disable_created_metrics()
 
 STAGES = ("capture", "queue", "preprocess", "inference", "postprocess", "sink")
 
@@ -109,7 +115,11 @@ class Metrics:
         for result in ("ok", "rejected", "failed"):
             self.reloads.labels(result)
         self.info = Info("perceptd", "Version and the model/engine in use", registry=r)
-        self.info.info({"version": __version__, "model": "", "backend": "", "precision": "", "device": ""})
+        self._host = socket.gethostname()
+        # "accelerator", not "device": a fleet's Prometheus agents add a `device` label naming the Jetson, and a
+        # series' own label would win over it (external_labels never replace a label a series has).
+        self.info.info({"version": __version__, "model": "", "backend": "", "precision": "", "accelerator": "",
+                        "host": self._host})
 
     def add_source(self, name: str) -> None:
         """Create a source's series up front so dashboards show zeros, not gaps."""
@@ -150,5 +160,5 @@ class Metrics:
 
     def set_engine(self, model: str, backend: str, precision: str, device: str) -> None:
         self.info.info({"version": __version__, "model": model, "backend": backend, "precision": precision,
-                        "device": device})
+                        "accelerator": device, "host": self._host})
         self.worker_up.set(1)

@@ -23,6 +23,8 @@ from tests.test_service import config, need, start
 
 DASHBOARD = REPO / "config" / "grafana" / "perceptd.json"
 RULES = REPO / "config" / "prometheus" / "perceptd-rules.yml"
+AGENT = REPO / "config" / "prometheus" / "agent.yml"
+CENTRAL = REPO / "config" / "prometheus" / "central.yml"
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
@@ -32,7 +34,9 @@ def dashboard_exprs() -> list[tuple[str, str]]:
 
 def concrete(expr: str) -> str:
     """What Grafana would send: template variables replaced by the values a dashboard user starts with."""
-    return expr.replace("$__rate_interval", "15s").replace("$source", ".*")
+    for var in ("source", "job", "site", "device", "instance"):  # each starts at All
+        expr = expr.replace(f"${var}", ".*")
+    return expr.replace("$__rate_interval", "15s")
 
 
 def test_dashboard_when_read_has_units_variables_and_the_required_panels():
@@ -85,71 +89,127 @@ def ready(port: int) -> bool:
         return r.status == 200
 
 
-def test_dashboard_when_a_real_prometheus_scrapes_perceptd_every_expression_returns_data(
+def start_prometheus(tmp_path: Path, name: str, cfg: dict, *flags: str) -> tuple[subprocess.Popen, int]:
+    """A real Prometheus on a port the system picks, its config written from `cfg`; ready to answer."""
+    (tmp_path / f"{name}.yml").write_text(yaml.safe_dump(cfg))
+    log = tmp_path / f"{name}.log"
+    proc = subprocess.Popen(["prometheus", f"--config.file={tmp_path / f'{name}.yml'}",
+                             "--web.listen-address=127.0.0.1:0", *flags],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "w"), cwd=tmp_path)
+    try:
+        port = prometheus_port(log, proc)
+        # It listens before its storage is open, answering 503 (not JSON) until then: wait for /-/ready.
+        wait_for(lambda: ready(port), 60, f"Prometheus {name} ready", proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, port
+
+
+def agent_config(perceptd_port: int, device: str, central_port: int) -> dict:
+    """config/prometheus/agent.yml as the Ansible role fills it in for one device: its perceptd target (named
+    127.0.0.1:9108, as on every real device, so that only the device label tells two apart), its device
+    name, the central receiver; scraped and sent every second so that the test need not wait long."""
+    cfg = yaml.safe_load(AGENT.read_text())
+    cfg["global"]["scrape_interval"] = "1s"
+    cfg["global"]["external_labels"]["device"] = device
+    job = next(j for j in cfg["scrape_configs"] if j["job_name"] == "perceptd")
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{perceptd_port}"], "labels": {"instance": "127.0.0.1:9108"}}]
+    cfg["remote_write"][0]["url"] = f"http://127.0.0.1:{central_port}/api/v1/write"
+    cfg["remote_write"][0]["queue_config"]["batch_send_deadline"] = "1s"
+    return cfg
+
+
+def test_dashboard_when_two_devices_push_through_prometheus_agents_every_expression_returns_data_per_device(
         carphone, astronaut_clip, tmp_path, cache_dir):
+    """The fleet path end to end: two perceptd "devices", each scraped by its own Prometheus agent
+    (config/prometheus/agent.yml) that remote-writes to a central Prometheus (central.yml, with the recording
+    rules); every dashboard query, asked of the central one, returns data, and the same source name on two
+    devices stays two series, told apart by the agents' device label."""
     need(shutil.which("prometheus") is not None, "Prometheus (Debian's prometheus)")
     # A zone and a line on one source, so that the tracking panels have series to show.
     scene = {"zones": [{"name": "all", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]], "labels": ["face"]}],
              "lines": [{"name": "middle", "points": [[0.5, 0], [0.5, 1]], "labels": ["face"]}]}
-    sources = [{"name": "car", "uri": str(carphone), "loop": True, "realtime": True, **scene},
-               {"name": "astro", "uri": str(astronaut_clip), "loop": True, "realtime": True}]
-    cfg = config(tmp_path / "c.yaml", sources, tmp_path / "out", 0)
-    proc = start(cfg, cache_dir, tmp_path / "perceptd.log")
+    devices = {"jetson-a": [{"name": "car", "uri": str(carphone), "loop": True, "realtime": True, **scene},
+                            {"name": "astro", "uri": str(astronaut_clip), "loop": True, "realtime": True}],
+               "jetson-b": [{"name": "car", "uri": str(astronaut_clip), "loop": True, "realtime": True}]}
+    procs: list[tuple[subprocess.Popen, int]] = []  # (process, exit code expected after SIGTERM)
     try:
-        port = metrics_port(tmp_path / "perceptd.log", proc)
-    except BaseException:
-        proc.kill()
-        proc.wait(60)
-        raise
-    shutil.copy(RULES, tmp_path / "perceptd-rules.yml")
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": ["perceptd-rules.yml"],
-        "scrape_configs": [{"job_name": "perceptd", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}]}))
-    prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", "--web.listen-address=127.0.0.1:0"],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))
-    try:
-        prom_port = prometheus_port(tmp_path / "prometheus.log", prom)
-        # It listens before its storage is open, answering 503 (not JSON) until then: wait for /-/ready.
-        wait_for(lambda: ready(prom_port), 60, "Prometheus ready", prom)
-        wait_for(lambda: query(prom_port, 'up{job="perceptd"} == 1')["data"]["result"], 60, "a first scrape", prom)
-        wait_for(lambda: query(prom_port, 'count_over_time(perceptd_frames_processed_total[1m])')["data"]["result"]
-                 and min(float(r["value"][1]) for r in query(
-                     prom_port, 'count_over_time(perceptd_frames_processed_total[1m])')["data"]["result"]) >= 8,
-                 60, "eight scrapes", prom)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            exported = {line.split("{")[0].split(" ")[0] for line in r.read().decode().splitlines()
-                        if line and not line.startswith("#")}
+        ports = {}
+        for device, sources in devices.items():
+            cfg = config(tmp_path / f"{device}.yaml", sources, tmp_path / device, 0)
+            proc = start(cfg, cache_dir, tmp_path / f"{device}.log")
+            procs.append((proc, 0))
+            ports[device] = metrics_port(tmp_path / f"{device}.log", proc)
+        shutil.copy(RULES, tmp_path / "perceptd-rules.yml")
+        central_cfg = yaml.safe_load(CENTRAL.read_text())
+        central_cfg["global"]["evaluation_interval"] = "1s"
+        central, c_port = start_prometheus(tmp_path, "central", central_cfg, "--web.enable-remote-write-receiver",
+                                           f"--storage.tsdb.path={tmp_path / 'tsdb'}")
+        procs.append((central, 0))
+        for device, port in ports.items():
+            agent, _ = start_prometheus(tmp_path, f"agent-{device}", agent_config(port, device, c_port),
+                                        "--enable-feature=agent", f"--storage.agent.path={tmp_path / device}-wal")
+            procs.append((agent, 0))
+
+        def enough_samples():
+            counts = query(c_port, "count_over_time(perceptd_frames_processed_total[1m])")["data"]["result"]
+            return len(counts) == 3 and min(float(r["value"][1]) for r in counts) >= 8
+        wait_for(enough_samples, 90, "eight samples of every source through the agents", central)
+
+        exported = set()
+        for port in ports.values():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                exported |= {line.split("{")[0].split(" ")[0] for line in r.read().decode().splitlines()
+                             if line and not line.startswith("#")}
+        assert not [n for n in exported if n.endswith("_created")]  # series nothing reads, sent upstream
         problems = []
         for title, expr in dashboard_exprs():
             for name in set(re.findall(r"\bperceptd_[a-z0-9_]+", expr)):
                 if name not in exported and name not in GPU_METRICS:
                     problems.append(f"{title}: {name} is not exported by perceptd")
-            answer = query(prom_port, concrete(expr))
+            answer = query(c_port, concrete(expr))
             if answer.get("status") != "success":
                 problems.append(f"{title}: {expr!r} does not parse: {answer.get('error')}")
             elif not answer["data"]["result"] and not any(g in expr for g in GPU_METRICS):
                 problems.append(f"{title}: {expr!r} returned no data")
-        for rule in ("source:perceptd_end_to_end_latency_seconds:p99", "source:perceptd_frames_processed:rate1m"):
-            wait_for(lambda rule=rule: query(prom_port, rule)["data"]["result"], 30, f"recording rule {rule}", prom)
         assert not problems, "\n".join(problems)
+
         first = dashboard_exprs()[0][0]
         for expr in [e for title, e in dashboard_exprs() if title == first]:  # frames per second, in and out
-            fps = query(prom_port, concrete(expr))["data"]["result"]
-            assert {r["metric"]["source"] for r in fps} == {"car", "astro"}, expr
-            assert all(float(r["value"][1]) > 0 for r in fps), (expr, fps)  # frames flowing for both
+            fps = query(c_port, concrete(expr))["data"]["result"]
+            assert sorted((r["metric"]["device"], r["metric"]["source"]) for r in fps) == [
+                ("jetson-a", "astro"), ("jetson-a", "car"), ("jetson-b", "car")], expr
+            assert all(float(r["value"][1]) > 0 for r in fps), (expr, fps)  # frames flowing for all three
+        # Picking one device in the dashboard shows only its sources.
+        one = query(c_port, concrete(dashboard_exprs()[0][1]).replace('device=~".*"', 'device=~"jetson-b"'))
+        assert [r["metric"]["device"] for r in one["data"]["result"]] == ["jetson-b"]
+        # The device variable's values, and what runs where.
+        info = query(c_port, "perceptd_info")["data"]["result"]
+        assert sorted(r["metric"]["device"] for r in info) == ["jetson-a", "jetson-b"]
+        assert all(r["metric"]["site"] == "lab" and r["metric"]["accelerator"] == "cpu" and r["metric"]["host"]
+                   for r in info), info
+        # The central recording rules keep the devices apart too.
+        rule = "source:perceptd_frames_processed:rate1m"
+        wait_for(lambda: len(query(c_port, rule)["data"]["result"]) == 3, 30, f"recording rule {rule}", central)
+        p99 = "source:perceptd_end_to_end_latency_seconds:p99"
+        wait_for(lambda: {r["metric"]["device"] for r in query(c_port, p99)["data"]["result"]} == set(devices), 30,
+                 f"recording rule {p99} for both devices", central)
     finally:
-        prom.send_signal(signal.SIGTERM)
-        proc.send_signal(signal.SIGTERM)
-        prom.wait(30)
-        assert proc.wait(60) == 0
+        for proc, _ in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc, code in procs:
+            try:
+                assert proc.wait(60) == code
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
 
 
-@pytest.mark.parametrize("name", ["perceptd.yml", "perceptd-rules.yml"])
+@pytest.mark.parametrize("name", ["perceptd.yml", "perceptd-rules.yml", "agent.yml", "central.yml"])
 def test_prometheus_files_when_checked_by_promtool_are_valid(name):
     need(shutil.which("promtool") is not None, "promtool (Debian's prometheus)")
-    kind = "rules" if "rules" in name else "config"
-    proc = subprocess.run(["promtool", "check", kind, str(REPO / "config" / "prometheus" / name)],
+    kind = ["rules"] if "rules" in name else ["config", "--agent"] if name == "agent.yml" else ["config"]
+    proc = subprocess.run(["promtool", "check", *kind, str(REPO / "config" / "prometheus" / name)],
                           capture_output=True, text=True, cwd=REPO / "config" / "prometheus")
     assert proc.returncode == 0, proc.stdout + proc.stderr
