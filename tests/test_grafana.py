@@ -184,6 +184,11 @@ def test_dashboard_when_two_devices_push_through_prometheus_agents_every_express
         # Picking one device in the dashboard shows only its sources.
         one = query(c_port, concrete(dashboard_exprs()[0][1]).replace('device=~".*"', 'device=~"jetson-b"'))
         assert [r["metric"]["device"] for r in one["data"]["result"]] == ["jetson-b"]
+        # Every series the central one holds from perceptd carries the agents' labels.
+        everything = query(c_port, '{__name__=~"perceptd_.+"}')["data"]["result"]
+        assert len(everything) > 100
+        assert not [r["metric"] for r in everything
+                    if r["metric"].get("site") != "lab" or r["metric"].get("device") not in devices]
         # The device variable's values, and what runs where.
         info = query(c_port, "perceptd_info")["data"]["result"]
         assert sorted(r["metric"]["device"] for r in info) == ["jetson-a", "jetson-b"]
