@@ -4,6 +4,7 @@ exception from a library)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from urllib.parse import urlsplit, urlunsplit
@@ -30,6 +31,11 @@ def remember(value: str) -> None:
     if len(value) >= MIN_MASKED and value not in _secrets:
         with _lock:  # longest first, so a secret containing another is masked whole
             _secrets = tuple(sorted({*_secrets, value}, key=len, reverse=True))
+
+
+def remembered() -> tuple[str, ...]:
+    """What is masked now: handed to the worker process, whose log lines are scrubbed the same way."""
+    return _secrets
 
 
 def _mask(text: str) -> str:
@@ -62,3 +68,10 @@ def redact_text(text: str) -> str:
     """Redact every URI-looking credential inside free text (log lines, error messages)."""
     text = _USERINFO.sub(r"\g<scheme>\g<user>:***@", _mask(text))
     return _SECRET_QUERY.sub(r"\1***", text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Credentials in URIs never reach the log, whoever formatted the message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
