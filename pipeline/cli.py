@@ -14,16 +14,9 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.errors import UserError
-from pipeline.redact import redact_text
+from pipeline.redact import RedactingFormatter, redact_text
 
 log = logging.getLogger("perceptd")
-
-
-class RedactingFormatter(logging.Formatter):
-    """Credentials in URIs never reach the log, whoever formatted the message."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return redact_text(super().format(record))
 
 
 def setup_logging(level: str = "info") -> None:

@@ -7,17 +7,17 @@ the key path and the bad value. No singletons: `load_settings` returns a frozen 
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 
 from engines.cache import default_cache_dir
 from pipeline.errors import ConfigError
 from pipeline.per_label import Area, Confidence
-from pipeline.redact import redact_text
+from pipeline.secrets import ExpandError, expand_tree
+from pipeline.settings_errors import describe, dotted as dotted_key
 from pipeline.settings_events import MqttSettings, WebhookSettings
 from pipeline.settings_tracking import SceneSettings, Strict, TrackingSettings
 from pipeline.yamlpos import line_for, load_yaml_with_lines
@@ -364,6 +364,11 @@ def load_settings(path: Optional[Path], overrides: Optional[dict[str, Any]] = No
     if not isinstance(data, dict):
         raise ConfigError(f"{name}:1: the config must be a mapping of sections (sources, model, ...), "
                           f"got {type(data).__name__}")
+    try:  # before validation, so errors still point at the line; command-line values are the shell's
+        data, written = expand_tree(data)
+    except ExpandError as exc:
+        line = line_for(lines, exc.loc)
+        raise ConfigError(f"{name}{f':{line}' if line else ''}: {dotted_key(exc.loc)}: {exc}") from None
     if isinstance(data.get("model"), str):
         data["model"] = {"name": data["model"]}
     cli_keys: set[tuple] = set()
@@ -379,69 +384,4 @@ def load_settings(path: Optional[Path], overrides: Optional[dict[str, Any]] = No
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, name, lines, data, cli_keys)) from None
-
-
-def _describe(exc: ValidationError, path: str, lines: dict, data: dict, cli_keys: set[tuple]) -> str:
-    errors = exc.errors(include_url=False)
-    # One bad item also fails its container ("sources: at least 1 item ... not 0"): report the item only.
-    errors = [e for e in errors if not any(len(o["loc"]) > len(e["loc"]) and tuple(o["loc"][:len(e["loc"])])
-                                           == tuple(e["loc"]) for o in errors)] or errors
-    # "sources: Field required" is usually the echo of a misspelt "sourcs:": report the typo first.
-    errors.sort(key=lambda e: e["type"] == "missing")
-    first = errors[0]
-    loc = tuple(first["loc"])
-    dotted = _dotted(loc)
-    if any(loc[: len(k)] == k for k in cli_keys):
-        where = "command line"
-    else:
-        line = line_for(lines, loc)
-        where = f"{path}:{line}" if line else str(path)
-    if first["type"] == "extra_forbidden":
-        model = _model_at(Settings, loc[:-1], data)
-        valid = sorted(model.model_fields) if model else []
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(valid)}"
-        msg = f"{where}: {dotted}: unknown key; {hint}"
-    else:
-        value = first.get("input")
-        shown = "" if first["type"] == "missing" else f" (got {_short(value)})"
-        msg = f"{where}: {dotted}: {first['msg'].removeprefix('Value error, ')}{shown}"
-    if len(errors) > 1:
-        msg += f" [+{len(errors) - 1} more error(s)]"
-    return redact_text(msg)
-
-
-def _dotted(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _model_at(model: type[BaseModel], loc: tuple, data: Any) -> Optional[type[BaseModel]]:
-    """The pydantic model class that validates the mapping at `loc` (for key suggestions)."""
-    import typing
-
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
-            return None
-        ann = current.model_fields[part].annotation
-        for arg in (ann, *typing.get_args(ann)):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                ann = arg
-                break
-            inner = [a for a in typing.get_args(arg) if isinstance(a, type) and issubclass(a, BaseModel)]
-            if inner:
-                ann = inner[0]
-                break
-        current = ann
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+        raise ConfigError(describe(exc, Settings, name, lines, data, cli_keys, written)) from None

@@ -1,9 +1,9 @@
 """Config models for events out: the `mqtt` section (Home Assistant, Node-RED) and the `webhook` section.
-Strict like every section (settings.py): unknown keys rejected, errors carry the YAML line."""
+Strict like every section (settings.py): unknown keys rejected, errors carry the YAML line. `${VAR}` in the
+password (or any value) is expanded when the file is loaded, before these models see it (pipeline/secrets.py)."""
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 from pathlib import Path
@@ -12,26 +12,6 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator
 
 from pipeline.settings_tracking import Strict
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand(value: Optional[str]) -> Optional[str]:
-    """`${VAR}` and `${VAR:-default}` from the environment; an unset variable without a default is an error
-    naming it (the value itself never appears in an error or a log)."""
-    if value is None:
-        return None
-
-    def one(m: re.Match) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
-            return default
-        raise ValueError(f"environment variable {name} is not set; set it (e.g. systemd's EnvironmentFile=) or "
-                         f"write ${{{name}:-default}}")
-    return _VAR.sub(one, value)
-
 
 class MqttTlsSettings(Strict):
     ca: Optional[Path] = Field(None, description="CA certificate file the broker's certificate is checked against")
@@ -51,9 +31,9 @@ class MqttSettings(Strict):
     enabled: bool = Field(True, description="With an mqtt section present; false switches it off")
     host: str = Field(min_length=1, description="Broker host name or address")
     port: int = Field(1883, ge=1, le=65535)
-    username: Optional[str] = Field(None, description="Broker user; ${VAR} is taken from the environment")
-    password: Optional[str] = Field(None, description="Broker password; ${VAR} is taken from the environment "
-                                    "(never logged)")
+    username: Optional[str] = Field(None, description="Broker user")
+    password: Optional[str] = Field(None, description="Broker password; write ${VAR} to keep it out of the file "
+                                    "(pipeline/secrets.py; never logged)")
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     tls: Optional[MqttTlsSettings] = Field(None, description="TLS to the broker (port 8883 usually)")
     topic_prefix: str = Field("perceptd", min_length=1, description="Topics are <topic_prefix>/<device>/...")
@@ -67,11 +47,6 @@ class MqttSettings(Strict):
     buffer: int = Field(1000, ge=10, le=1_000_000, description="Messages kept while the broker is away; beyond "
                         "it the oldest are dropped (counted)")
     keepalive_s: int = Field(30, ge=5, le=3600)
-
-    @field_validator("username", "password")
-    @classmethod
-    def _expand(cls, v):
-        return expand(v)
 
     @field_validator("topic_prefix", "device", "discovery_prefix")
     @classmethod
@@ -91,7 +66,6 @@ class WebhookSettings(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        v = expand(v)
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("give an http:// or https:// URL")
         return v

@@ -10,6 +10,7 @@ from engines.base import EngineOptions
 from engines.build import TensorRTOptions
 from engines.zoo import ResolvedModel, resolve_model
 from pipeline.calibration import calibration_preprocess
+from pipeline.redact import remembered
 from pipeline.settings import Settings
 from pipeline.worker import WorkerSpec
 
@@ -70,7 +71,7 @@ def build_worker_spec(settings: Settings, source_hw: tuple[int, int]) -> tuple[W
                               tensorrt=TensorRTOptions.from_settings(s.engine)),
         batch_timeout_s=s.pipeline.batch_timeout_ms / 1000.0,
         log_level=logging.getLogger().getEffectiveLevel(),
-        source_hw=source_hw, mean=m.mean, std=m.std, resize=m.resize, metadata=model.metadata)
+        source_hw=source_hw, mean=m.mean, std=m.std, resize=m.resize, metadata=model.metadata, masked=remembered())
     if s.engine.precision == "int8":  # TensorRT calibrates on images preprocessed as the worker's frames are
         trt = dataclasses.replace(spec.options.tensorrt, calibration_preprocess=calibration_preprocess(spec))
         spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, tensorrt=trt))

@@ -25,6 +25,7 @@ from engines.adapters.retinaface import input_size_for_sources
 from engines.base import EngineError, EngineOptions, TensorInfo, create_engine, set_progress_hook
 from pipeline.errors import ModelError, UserError
 from pipeline.frame import WorkItem, WorkResult
+from pipeline.redact import RedactingFormatter, remember
 from pipeline.resources import lower_priority
 from pipeline.shm import Attachments
 
@@ -54,6 +55,8 @@ class WorkerSpec:
     resize: str = "crop"
     # The model file's metadata_props (sorted key/value pairs); the yolo family reads Ultralytics' fields.
     metadata: tuple[tuple[str, str], ...] = ()
+    # Values that came from ${VAR} in the config: masked in the worker's log lines as in the daemon's.
+    masked: tuple[str, ...] = ()
 
 
 def guess_family(outputs: list[TensorInfo]) -> str | None:
@@ -200,7 +203,12 @@ def worker_main(spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue) -> None:
     # worker ignores them and exits on the sentinel, on SIGKILL, or when the parent is gone.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
+    fmt = "%(asctime)s %(levelname)s [worker] %(name)s: %(message)s"
+    logging.basicConfig(level=spec.log_level, format=fmt)
+    for value in spec.masked:
+        remember(value)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(RedactingFormatter(fmt))
     parent = os.getppid()
     lower_priority(WORKER_NICE, "inference worker")
     set_progress_hook(lambda what: outq.put(("progress", what)))

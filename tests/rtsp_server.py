@@ -2,9 +2,11 @@
 Debian's python3-gi (run with the system Python: `/usr/bin/python3 tests/rtsp_server.py PORT`).
 
 Serves rtsp://127.0.0.1:PORT/live: a 320x240, 25 fps moving test pattern as RTP/JPEG. PORT 0 lets the
-system pick one; the server prints "ready PORT" with the port it bound.
+system pick one; the server prints "ready PORT" with the port it bound. With RTSP_AUTH=user:password in the
+environment it answers only clients that log in with those (basic authentication).
 """
 
+import os
 import sys
 
 import gi
@@ -25,6 +27,14 @@ def main() -> None:
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(PIPELINE)
     factory.set_shared(True)
+    if os.environ.get("RTSP_AUTH"):
+        user, _, password = os.environ["RTSP_AUTH"].partition(":")
+        auth, token = GstRtspServer.RTSPAuth(), GstRtspServer.RTSPToken()
+        token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+        server.set_auth(auth)
+        factory.add_role_from_structure(Gst.Structure.from_string(
+            "viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true")[0])
     server.get_mount_points().add_factory("/live", factory)
     if server.attach(None) == 0:
         sys.exit(f"cannot listen on 127.0.0.1:{sys.argv[1]}")

@@ -4,6 +4,7 @@ Assistant discovery, a broker that goes away mid-run, and bad settings."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -24,11 +25,22 @@ LINE = {"lines": [{"name": "middle", "points": [[0.5, 0.0], [0.5, 1.0]]}]}
 
 class Broker:
     """mosquitto on 127.0.0.1. It cannot report a port it picked itself, so a free one is taken and the start
-    retried on the rare collision; restart() comes back on the same port."""
+    retried on the rare collision; restart() comes back on the same port. With `users` ({name: password}) it
+    lets only those in."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, users: dict[str, str] | None = None):
         need(shutil.which("mosquitto") is not None, "mosquitto (Debian's mosquitto)")
         self.dir = tmp_path
+        self.access = "allow_anonymous true\n"
+        if users:
+            passwords = tmp_path / "mosquitto.passwd"
+            for user, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if not passwords.exists() else []),
+                                str(passwords), user, password], check=True, capture_output=True)
+            # Started as root, mosquitto reads the file after dropping to its own user, which cannot enter
+            # pytest's private tmp_path: it keeps the user it was started as (it never runs as root in CI's
+            # sense of a service; only the test's loopback port is open).
+            self.access = f"allow_anonymous false\npassword_file {passwords}\nuser {getpass.getuser()}\n"
         for _ in range(5):
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
@@ -39,7 +51,7 @@ class Broker:
 
     def start(self) -> bool:
         conf = self.dir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        conf.write_text(f"listener {self.port} 127.0.0.1\n{self.access}persistence false\n")
         self.log = self.dir / f"mosquitto-{time.monotonic_ns()}.log"
         self.proc = subprocess.Popen(["mosquitto", "-c", str(conf), "-v"], stdout=open(self.log, "w"),
                                      stderr=subprocess.STDOUT)

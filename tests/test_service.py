@@ -295,3 +295,69 @@ def test_systemd_unit_when_verified_by_systemd_analyze_passes(unit, tmp_path):
     proc = subprocess.run(["systemd-analyze", "verify", str(tmp_path / target)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "perceptd" not in proc.stderr, proc.stderr  # no warnings about our unit
+
+
+def service_directives(unit: str) -> list[tuple[str, str]]:
+    """The [Service] section's Key=Value lines in order (systemd repeats keys, which configparser refuses)."""
+    out, section = [], ""
+    for line in (REPO / "config" / unit).read_text().splitlines():
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out.append((key, value))
+    return out
+
+
+def systemd_analyze_security(path: Path) -> tuple[float, str]:
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(path)], capture_output=True,
+                          text=True)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", proc.stdout)
+    assert m, proc.stdout[-2000:] + proc.stderr
+    return float(m.group(1)), m.group(2)
+
+
+@pytest.mark.parametrize("unit", ["perceptd.service", "perceptd@.service"])
+def test_systemd_unit_when_scored_by_systemd_analyze_security_is_2_or_lower(unit):
+    need(shutil.which("systemd-analyze") is not None, "systemd-analyze (Debian's systemd)")
+    version = re.search(r"systemd (\d+)", subprocess.run(["systemd-analyze", "--version"], capture_output=True,
+                                                         text=True).stdout)
+    need(version is not None and int(version.group(1)) >= 250, "systemd-analyze 250 or newer (--offline)")
+    score, verdict = systemd_analyze_security(REPO / "config" / unit)
+    assert score <= 2.0, f"{unit}: exposure {score} {verdict}"
+
+
+@pytest.mark.parametrize("unit", ["perceptd.service", "perceptd@.service"])
+def test_systemd_unit_when_hardened_keeps_what_the_daemon_needs(unit):
+    d = service_directives(unit)
+    values = {k: v for k, v in d}
+    allowed = {v.rsplit(" ", 1)[0]: v.rsplit(" ", 1)[1] for k, v in d if k == "DeviceAllow"}
+    # CSI cameras: the host's nvargus socket inside the private /tmp; missing (no Jetson) is not an error.
+    assert values["PrivateTmp"] == "yes" and ("BindPaths", "-/tmp/argus_socket") in d
+    # Devices: the host's /dev through a closed device cgroup that lists cameras, codecs and GPUs by name.
+    assert values.get("PrivateDevices", "no") == "no" and values["DevicePolicy"] == "closed"
+    needed = ["char-video4linux", "char-drm", "/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm", "/dev/nvmap",
+              "/dev/nvhost-ctrl", "/dev/nvhost-ctrl-gpu", "/dev/nvhost-gpu", "/dev/nvhost-as-gpu",
+              "/dev/nvhost-prof-gpu", "/dev/nvhost-vic", "/dev/nvhost-nvdec", "/dev/nvhost-msenc",
+              "/dev/nvhost-nvenc1", "/dev/host1x-fence", "/dev/nvgpu/igpu0/ctrl", "/dev/nvgpu/igpu0/channel",
+              "/dev/nvgpu/igpu0/as", "/dev/nvgpu/igpu0/tsg", "/dev/v4l2-nvdec", "/dev/nvhost-nvdla0"]
+    assert [n for n in needed if allowed.get(n) != "rw"] == []
+    assert not [n for n in allowed if any(c in n for c in "*?[")], "no globs: systemd takes them literally"
+    assert set(values["SupplementaryGroups"].split()) >= {"video", "render"}
+    # The network: RTSP, MQTT and webhooks anywhere, systemd's notify socket, name lookups.
+    assert set(values["RestrictAddressFamilies"].split()) >= {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
+    assert "IPAddressDeny" not in values and values.get("PrivateNetwork", "no") == "no"
+    # Frames in /dev/shm, a spawned worker, JIT-compiled code, tegrastats' /proc reads, nice and affinity.
+    assert not [v for k, v in d if k in ("InaccessiblePaths", "TemporaryFileSystem") and "/dev" in v]
+    assert values.get("MemoryDenyWriteExecute", "no") == "no" and values.get("ProcSubset", "all") == "all"
+    assert "~@resources" not in [v for k, v in d if k == "SystemCallFilter"]
+    for key, value in (("Type", "notify"), ("NotifyAccess", "main"), ("User", "perceptd"), ("KillMode", "mixed")):
+        assert values[key] == value, key
+
+
+def test_systemd_units_when_compared_share_one_hardening():
+    def hardening(unit: str) -> list[str]:
+        text = (REPO / "config" / unit).read_text()
+        return text[text.index("# Hardening"):].splitlines()
+
+    assert hardening("perceptd.service") == hardening("perceptd@.service")
