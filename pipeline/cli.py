@@ -263,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     setup_logging(getattr(args, "log_level", None) or "info")
     try:
+        # OpenCV is an extra (a Jetson keeps JetPack's): where none imports, say what to install before any
+        # module deep in a source fails on it.
+        if args.command in ("run", "bench", "build-engine") or getattr(args, "prepare", False):
+            from pipeline.opencv_check import require_opencv
+
+            require_opencv()
         return {"run": cmd_run, "check-config": cmd_check_config, "models": cmd_models,
                 "export": cmd_export, "build-engine": cmd_build_engine,
                 "bench": lambda _: cmd_bench(bench_args)}[args.command](args)
