@@ -1,8 +1,8 @@
 """Which OpenCV this Python gets, how it was built, and what to do when it cannot be imported.
 
-Plain standard library on purpose: the CLI asks before anything imports cv2 (so a missing or broken
-OpenCV is one line naming the fix, not a traceback from deep inside a source), and `perceptd doctor` asks
-to report it. OpenCV is an extra (`perceptd[cv]`, pip's opencv-python) because on a Jetson the OpenCV to
+Nothing here imports cv2 at module level: the CLI asks before anything imports it (so a missing or
+broken OpenCV is one line naming the fix, not a traceback from deep inside a source), and `perceptd doctor`
+asks to report it. OpenCV is an extra (`perceptd[cv]`, pip's opencv-python) because on a Jetson the OpenCV to
 keep is JetPack's, built with GStreamer, which pip's wheel would shadow.
 """
 
@@ -84,7 +84,8 @@ def probe_opencv(build_info: bool = True) -> OpenCVInfo:
             import cv2
     except ImportError as exc:
         text = _one_line(exc)
-        if "multiarray failed to import" in text or "_ARRAY_API" in text or "compiled using NumPy 1.x" in noise.getvalue():
+        said = text + noise.getvalue()
+        if any(m in said for m in ("multiarray failed to import", "_ARRAY_API", "compiled using NumPy 1.x")):
             npv = numpy_version()
             return OpenCVInfo(False, path=path, pip_dist=_pip_dist_for(path), numpy_mismatch=True,
                               error=f"the OpenCV at {path} was built against numpy 1.x and this Python has numpy "
@@ -99,9 +100,9 @@ def probe_opencv(build_info: bool = True) -> OpenCVInfo:
         info = cv2.getBuildInformation()
         video_io = info.split("Video I/O:", 1)[-1].split("Parallel framework:", 1)[0]
         for key in ("FFMPEG", "GStreamer", "v4l/v4l2"):
-            m = re.search(rf"^\s*{re.escape(key)}:\s*(.+)$", video_io, re.M)
+            m = re.search(rf"^\s*{re.escape(key)}:\s*(.+)$", video_io, re.MULTILINE)
             build[key] = m.group(1).strip() if m else "NO"
-        m = re.search(r"^\s*NVIDIA CUDA:\s*(.+)$", info, re.M)
+        m = re.search(r"^\s*NVIDIA CUDA:\s*(.+)$", info, re.MULTILINE)
         build["CUDA"] = m.group(1).strip() if m else "NO"
     path = str(Path(getattr(cv2, "__file__", None) or path).resolve())
     return OpenCVInfo(True, version=cv2.__version__, path=path, pip_dist=_pip_dist_for(path), build=build)

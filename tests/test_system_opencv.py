@@ -64,6 +64,19 @@ def test_cli_when_system_opencv_runs_the_builtin_model(system_opencv_env, tmp_pa
     assert all(any(d["label"] == "face" for d in f["detections"]) for f in frames)
 
 
+def test_doctor_when_system_opencv_has_gstreamer_accepts_a_gstreamer_source(system_opencv_env, tmp_path):
+    config = tmp_path / "gst.yaml"
+    config.write_text("sources:\n  - name: test\n    uri: videotestsrc num-buffers=2 ! videoconvert ! appsink\n"
+                      "metrics:\n  port: 0\n")
+    proc = perceptd(system_opencv_env, "doctor", "--json", "-c", str(config), cache_dir=tmp_path / "cache")
+    report = json.loads(proc.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["opencv"]["facts"]["origin"] == "system", checks["opencv"]
+    assert checks["opencv gstreamer"]["verdict"] == "ok", checks["opencv gstreamer"]
+    assert checks["source test"]["verdict"] == "ok", checks["source test"]
+    assert proc.returncode == 0, [c for c in report["checks"] if c["verdict"] == "fail"]
+
+
 @pytest.fixture(scope="module")
 def numpy2_env(tmp_path_factory):
     """The trap the Jetson install avoids: the system OpenCV (built against numpy 1.x) with pip's numpy 2."""
@@ -73,6 +86,14 @@ def numpy2_env(tmp_path_factory):
 
     need(int(numpy.__version__.split(".")[0]) >= 2, "this venv's numpy is not 2.x")
     return make_env(tmp_path_factory.mktemp("np2env") / "venv", SYSTEM_PYTHON, True, ("cv2", "opencv"))
+
+
+def test_doctor_when_numpy_2_and_system_opencv_reports_the_mismatch_and_the_fix(numpy2_env, tmp_path):
+    proc = perceptd(numpy2_env, "doctor", "--json", cache_dir=tmp_path / "cache")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    opencv = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}["opencv"]
+    assert opencv["verdict"] == "fail" and opencv["facts"]["numpy_mismatch"], opencv
+    assert "numpy<2" in opencv["fix"]
 
 
 def test_cli_when_numpy_2_and_system_opencv_says_so_in_one_line(numpy2_env, tmp_path):
@@ -99,6 +120,15 @@ def test_cli_when_opencv_is_missing_names_what_to_install(no_opencv_env, tmp_pat
     assert len(lines) == 1, proc.stderr[-3000:]
     assert "OpenCV (cv2) is not installed" in lines[0] and "pip install 'perceptd[cv]'" in lines[0]
     assert "--system-site-packages" in lines[0]
+
+
+def test_doctor_when_opencv_is_missing_fails_that_line_and_reports_the_rest(no_opencv_env, tmp_path):
+    proc = perceptd(no_opencv_env, "doctor", cache_dir=tmp_path / "cache")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = {line.split()[1]: line for line in proc.stdout.splitlines()[1:-1] if not line.startswith(" ")}
+    assert lines["opencv"].startswith("fail") and "not installed" in lines["opencv"]
+    assert lines["model"].startswith("warn") and "needs OpenCV first" in lines["model"]
+    assert lines["metrics"].startswith("ok")  # the rest is still checked
 
 
 def test_setup_when_installed_without_extras_pulls_no_pip_opencv():
