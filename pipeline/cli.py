@@ -1,4 +1,4 @@
-"""perceptd's command line: run | check-config | models | export | build-engine | bench.
+"""perceptd's command line: run | check-config | models | export | build-engine | bench | doctor.
 
 Exit codes: 0 done (sources ended, or stopped by SIGINT/SIGTERM after finalising outputs); 2 bad input,
 with one line saying what to fix; 1 anything unexpected, with the traceback in the log.
@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write a torch.export program (torch backend)")
     exp.add_argument("--tolerance", type=float, metavar="T", default=None,
                      help="largest max-abs difference from torch accepted (default 1e-3)")
+
+    doc = sub.add_parser("doctor", help="report what perceptd sees here (packages, OpenCV build, GStreamer, GPU, "
+                         "Jetson, cameras, directories, port); exit 0 if what the config needs is here, 2 if not")
+    doc.add_argument("-c", "--config", type=Path, help="YAML config whose needs to check (default: built-in defaults)")
+    doc.add_argument("--json", action="store_true", help="the report as JSON, for scripts")
+    # Where /etc/nv_tegra_release, /proc/device-tree, /tmp/argus_socket and /dev are read: tests fake a Jetson.
+    doc.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
 
     # Its options belong to the benchmarks module (`perceptd bench --help`): main() hands them over as they are.
     sub.add_parser("bench", add_help=False, help="benchmark the pipeline against the engine alone and a plain "
@@ -232,6 +239,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from pipeline.doctor import cmd_doctor as doctor
+
+    return doctor(args.config, args.root, args.json)
+
+
 def cmd_bench(argv: list[str]) -> int:
     """benchmarks/ lives in the source checkout, not in the installed package: found next to pipeline/."""
     root = Path(__file__).resolve().parents[1]
@@ -256,9 +269,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     setup_logging(getattr(args, "log_level", None) or "info")
     try:
+        # OpenCV is an extra (a Jetson keeps JetPack's): where none imports, say what to install before any
+        # module deep in a source fails on it (doctor reports it among the rest).
+        if args.command in ("run", "bench", "build-engine") or getattr(args, "prepare", False):
+            from pipeline.opencv_check import require_opencv
+
+            require_opencv()
         return {"run": cmd_run, "check-config": cmd_check_config, "models": cmd_models,
                 "export": cmd_export, "build-engine": cmd_build_engine,
-                "bench": lambda _: cmd_bench(bench_args)}[args.command](args)
+                "bench": lambda _: cmd_bench(bench_args), "doctor": cmd_doctor}[args.command](args)
     except UserError as exc:
         print(f"perceptd: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2

