@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -104,10 +105,13 @@ def plain_loop(runner, cfg: BenchConfig, video_path) -> dict:
     from pipeline.settings import load_settings
     from pipeline.sinks.overlay import draw
 
+    from pipeline import encoders
+
     sinks = load_settings(None).sinks
     frames = Frames(cfg)
-    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*sinks.video.fourcc), cfg.clip.fps,
-                             (cfg.clip.width, cfg.clip.height))
+    # The encoder the pipeline's recorder gets with the same settings (H.264 where it can).
+    encoder = encoders.choose(sinks.video.codec, sinks.video.extension, Path(video_path).parent)
+    writer = encoder.open(Path(video_path), cfg.clip.fps, (cfg.clip.width, cfg.clip.height))
     x = runner.batch[:1]
     adapter, engine = runner.adapter, runner.engine
 
@@ -122,7 +126,7 @@ def plain_loop(runner, cfg: BenchConfig, video_path) -> dict:
     try:
         n, seconds = _timed(step, cfg)
     finally:
-        writer.release()
+        writer.close()
         frames.close()
     return {"fps": n / seconds, "frames": n, "seconds": seconds}
 

@@ -114,12 +114,12 @@ class Metrics:
             "failed (the new model or engine did not load; the old one kept serving)", ["result"], registry=r)
         for result in ("ok", "rejected", "failed"):
             self.reloads.labels(result)
-        self.info = Info("perceptd", "Version and the model/engine in use", registry=r)
-        self._host = socket.gethostname()
+        self.info = Info("perceptd", "Version, the model/engine in use and the recording's codec", registry=r)
         # "accelerator", not "device": a fleet's Prometheus agents add a `device` label naming the Jetson, and a
         # series' own label would win over it (external_labels never replace a label a series has).
-        self.info.info({"version": __version__, "model": "", "backend": "", "precision": "", "accelerator": "",
-                        "host": self._host})
+        self._info = {"version": __version__, "model": "", "backend": "", "precision": "", "accelerator": "",
+                      "host": socket.gethostname(), "codec": "", "encoder": ""}
+        self.info.info(self._info)
 
     def add_source(self, name: str) -> None:
         """Create a source's series up front so dashboards show zeros, not gaps."""
@@ -159,6 +159,11 @@ class Metrics:
                 if isinstance(m, (Counter, Gauge, Histogram)) and "source" in getattr(m, "_labelnames", ())]
 
     def set_engine(self, model: str, backend: str, precision: str, device: str) -> None:
-        self.info.info({"version": __version__, "model": model, "backend": backend, "precision": precision,
-                        "accelerator": device, "host": self._host})
+        self._info.update(model=model, backend=backend, precision=precision, accelerator=device)
+        self.info.info(self._info)
         self.worker_up.set(1)
+
+    def set_recording(self, codec: str, encoder: str) -> None:
+        """The video sink's codec (h264, mp4v...) and the encoder writing it (libx264, nvv4l2h264enc...)."""
+        self._info.update(codec=codec, encoder=encoder)
+        self.info.info(self._info)

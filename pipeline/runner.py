@@ -24,7 +24,7 @@ from pipeline.progress import Progress
 from pipeline.settings import Settings, SourceSettings
 from pipeline.shm import remove_stale_blocks
 from pipeline.sinks import SourceOutput, retention
-from pipeline.sinks.files import probe_video_codec
+from pipeline.sinks.files import video_encoder
 from pipeline.sinks.outdir import OutputDir
 from pipeline.sinks.preview import Preview
 from pipeline.sinks.fanout import EventsOut
@@ -114,13 +114,18 @@ class Pipeline:
         outdir = OutputDir(path)
         outdir.open()
         try:
-            if settings.sinks.video.enabled:
-                probe_video_codec(outdir.path, settings.sinks.video.fourcc, settings.sinks.video.extension)
+            self.check_video_codec(settings, outdir.path)
         except BaseException:
             outdir.close()
             raise
         self.outdir = outdir
         self._outdirs.append(outdir)
+
+    def check_video_codec(self, settings: Settings, directory: Path | None = None) -> None:
+        """Choose the video encoder now (UserError when the codec cannot be written here), so that the start or
+        a reload fails, not the first frame; in perceptd_info."""
+        encoder = video_encoder(settings.sinks.video, directory or self.outdir.path)
+        self.metrics.set_recording(encoder.codec if encoder else "", encoder.name if encoder else "")
 
     def _probe_live(self, sources: list[tuple[SourceSettings, VideoSource]]) -> list[tuple[SourceSettings, VideoSource]]:
         """Open live sources once, in parallel, so their resolution is known; those that fail are retried

@@ -205,7 +205,9 @@ class Service:
         # What can be refused comes first, so that a refusal leaves everything as it was.
         spec = p.worker_spec(new) if engine_changed(old, new) else None  # a missing or non-ONNX model
         if new.sinks.output_dir != old.sinks.output_dir:
-            p.use_output_dir(new)  # not writable, or in use by another perceptd
+            p.use_output_dir(new)  # not writable, in use by another perceptd, or its video codec not writable
+        elif new.sinks.video != old.sinks.video:
+            p.check_video_codec(new)  # a codec this machine cannot write
         if spec is not None:
             log.info("reload: model/engine changed; loading the new one while the running worker serves")
             self._reload_pending = True  # first: the load may fail (and settle the reload) at once

@@ -9,9 +9,9 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Any, Literal, Optional
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from engines.cache import default_cache_dir
 from pipeline.errors import ConfigError
@@ -20,6 +20,7 @@ from pipeline.secrets import ExpandError, expand_tree
 from pipeline.settings_errors import describe, dotted as dotted_key
 from pipeline.settings_events import MqttSettings, WebhookSettings
 from pipeline.settings_tracking import SceneSettings, Strict, TrackingSettings
+from pipeline.settings_video import CODEC_HELP, Codec, SegmentSeconds, VideoSinkSettings
 from pipeline.yamlpos import line_for, load_yaml_with_lines
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
@@ -148,23 +149,6 @@ class PipelineSettings(Strict):
     reconnect_max_attempts: int = Field(0, ge=0, description="Give a source up after N failed reopenings; 0 = never")
 
 
-def _segment_length(v: float) -> float:
-    if 0 < v < 1:  # segment names carry the second they start: shorter segments would collide
-        raise ValueError("use 0 (one file) or at least 1 second")
-    return v
-
-
-SegmentSeconds = Annotated[float, Field(ge=0, le=86400), AfterValidator(_segment_length)]
-
-
-class VideoSinkSettings(Strict):
-    enabled: bool = True
-    fourcc: str = Field("mp4v", min_length=4, max_length=4, description="OpenCV FourCC code")
-    extension: Literal[".mp4", ".avi", ".mkv"] = ".mp4"
-    segment_s: SegmentSeconds = Field(600.0, description="Start a new file every N seconds (each one finalised "
-                                      "and playable); 0: one file per run")
-
-
 class EventsSinkSettings(Strict):
     enabled: bool = True
     segment_s: SegmentSeconds = Field(600.0, description="Start a new JSONL file every N seconds; 0: one")
@@ -196,8 +180,7 @@ class ClipSettings(Strict):
     max_s: float = Field(300.0, gt=0, le=3600, description="Longest clip")
     quality: int = Field(80, ge=10, le=100, description="JPEG quality of the pre-roll buffer")
     preroll_mb: float = Field(64.0, gt=0, le=4096, description="Memory cap of the pre-roll buffer per source")
-    codec: str = Field("auto", min_length=4, max_length=4, description="FourCC; auto: H.264 (avc1) where this "
-                       "OpenCV can write it, else mp4v")
+    codec: Codec = Field("auto", description=CODEC_HELP)
     extension: Literal[".mp4", ".mkv", ".avi"] = ".mp4"
 
 

@@ -131,3 +131,24 @@ def parse_metrics(text: str) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             out[key] = float(value)
     return out
+
+
+def video_stream(path: Path) -> dict:
+    """The first video stream as ffprobe reports it (codec_name, profile, pix_fmt, width, height, and the
+    frames it decoded, nb_read_frames); PyAV's own probe where ffprobe is not installed (.ci/run installs it)."""
+    import shutil
+
+    if shutil.which("ffprobe"):
+        out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
+                              "stream=codec_name,profile,pix_fmt,width,height,nb_read_frames", "-of", "json",
+                              str(path)], capture_output=True, text=True, check=True).stdout
+        stream = json.loads(out)["streams"][0]
+        stream["nb_read_frames"] = int(stream["nb_read_frames"])
+        return stream
+    import av
+
+    with av.open(str(path)) as container:
+        cc = container.streams.video[0].codec_context
+        frames = sum(1 for _ in container.decode(video=0))
+        return {"codec_name": cc.name, "profile": cc.profile, "pix_fmt": cc.pix_fmt, "width": cc.width,
+                "height": cc.height, "nb_read_frames": frames}

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import count_video_frames, photo_bgr, read_jsonl
+from tests.conftest import count_video_frames, photo_bgr, read_jsonl, video_stream
 from tests.daemon import Daemon
 
 FPS = 25.0
@@ -71,6 +71,7 @@ def test_clip_when_a_face_appears_covers_pre_roll_event_and_post_roll_and_the_sn
                                                              cv2.TM_CCOEFF_NORMED).max() > 0.8
     assert crop.shape[0] < 360 and cv2.matchTemplate(crop, face()[70:150, 50:130], cv2.TM_CCOEFF_NORMED).max() > 0.8
     assert "wrote clip" in d.log and "(" in d.log.split("wrote clip", 1)[1].split("\n")[0]  # says its codec
+    assert video_stream(clip)["codec_name"] == "h264"  # the recording's choice: browsers play clips too
     assert not list(d.out.rglob(".*.partial.*"))
 
 

@@ -74,7 +74,8 @@ def shm_blocks(pid: int) -> list[Path]:
 def test_sigkill_of_the_process_group_then_a_clean_start_recovers_and_keeps_every_finalised_file(
         carphone, tmp_path, cache_dir):
     src = [{"name": "car", "uri": str(carphone), **LIVE}]
-    segments = {"video": {"segment_s": 1}, "events": {"segment_s": 1}}
+    # mp4v: an MP4 with its index written at close (H.264's fragmented MP4: tests/test_h264.py)
+    segments = {"video": {"segment_s": 1, "codec": "mp4v"}, "events": {"segment_s": 1}}
     with Daemon(tmp_path, cache_dir, src, name="killed", sinks=segments) as killed:
         killed.start()
         killed.wait_log(r"wrote .*car\.\d{8}-\d{6}.*\.jsonl")  # a few segments finalised

@@ -77,6 +77,7 @@ def test_run_when_given_the_carphone_clip_processes_every_frame_once(carphone, t
         info = [k for k in metrics if k.startswith("perceptd_info{")][0]
         assert all(f in info for f in ('backend="onnxruntime"', 'model="retinaface"', 'precision="fp32"',
                                        'accelerator="cpu"', 'host="'))
+        assert 'codec="h264"' in info and 'encoder="libx264"' in info  # the recording's (PyAV: the test extra)
     finally:
         proc.send_signal(signal.SIGTERM)  # ends the linger early
         assert proc.wait(60) == 0, log.read_text()[-3000:]

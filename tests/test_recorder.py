@@ -9,6 +9,7 @@ import time
 import cv2
 import numpy as np
 
+from pipeline.encoders.opencv import OpenCVEncoder
 from pipeline.frame import Frame
 from pipeline.metrics import Metrics
 from pipeline.sinks.files import VideoFileSink
@@ -22,7 +23,7 @@ def recorder(directory, release, observe, fourcc="MJPG", ext=".avi", retry_s=5.0
     out = OutputDir(directory)
     out.open()
     metrics = Metrics()
-    video = VideoFileSink(out, "car", out.claim("car", (ext,)), fourcc, ext, lambda: 30.0)
+    video = VideoFileSink(out, "car", out.claim("car", (ext,)), OpenCVEncoder(fourcc), ext, lambda: 30.0)
     return Recorder("car", video, release, observe, SinkGuard("car", "video", metrics, retry_s)), metrics
 
 
@@ -128,7 +129,7 @@ def test_source_output_when_one_frame_cannot_be_drawn_or_logged_skips_it_alone_a
     out.open()
     metrics = Metrics()
     released = []
-    settings = SinkSettings(output_dir=tmp_path, video={"fourcc": "MJPG", "extension": ".avi"})
+    settings = SinkSettings(output_dir=tmp_path, video={"codec": "MJPG", "extension": ".avi"})
     output = SourceOutput("car", settings, out, lambda: 30.0, metrics, lambda f: released.append(f.index))
     output.start()
     good = (Detection("face", 0.9, (10.0, 10.0, 50.0, 60.0)),)

@@ -11,6 +11,7 @@ import time
 from collections import deque
 from typing import Callable
 
+from pipeline import encoders
 from pipeline.frame import Frame, WorkResult
 from pipeline.metrics import Metrics
 from pipeline.settings import SinkSettings
@@ -57,8 +58,9 @@ class SourceOutput:
         suffixes = (v.extension,) * v.enabled + (".jsonl",) * e.enabled + (".events.jsonl",) * with_events
         stem = out.claim(name, suffixes) if suffixes else name  # one stem for the source's first files
         reserve = int(settings.reserve_mb * 1e6)
-        self.video = (VideoFileSink(out, name, stem, v.fourcc, v.extension, fps, v.segment_s, reserve)
-                      if v.enabled else None)
+        # The runner chose the encoder at start-up (probed once a process): this is that choice.
+        self.video = (VideoFileSink(out, name, stem, encoders.choose(v.codec, v.extension, out.path), v.extension,
+                                    fps, v.segment_s, reserve) if v.enabled else None)
         guard = lambda sink: SinkGuard(name, sink, metrics, settings.retry_s)  # noqa: E731
         self.recorder = (Recorder(name, self.video, release, metrics.record_latency.labels(name).observe,
                                   guard("video")) if self.video is not None else None)

@@ -19,6 +19,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from pipeline import encoders
+from pipeline.encoders import Encoder, Writer
 from pipeline.errors import UserError
 from pipeline.sinks.outdir import UNFINISHED, OutputDir, _plays, check_output_dir, free_bytes, partial_of
 
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 SPACE_CHECK_NS = 1_000_000_000  # statvfs once a second per file, not per frame
 
-__all__ = ["EventsSink", "VideoFileSink", "check_output_dir", "probe_video_codec"]
+__all__ = ["EventsSink", "VideoFileSink", "check_output_dir"]
 
 
 def disk_full(directory: Path, free: int, reserve: int) -> OSError:
@@ -35,47 +37,19 @@ def disk_full(directory: Path, free: int, reserve: int) -> OSError:
                                  "outputs (sinks.min_free_percent, max_disk_gb)")
 
 
-def probe_video_codec(directory: Path, fourcc: str, extension: str) -> None:
-    """Fail at start-up, not at the first frame, when this OpenCV cannot write `fourcc` into `extension`."""
-    probe = directory / f".perceptd-probe{extension}"
-    writer = cv2.VideoWriter(str(probe), cv2.VideoWriter_fourcc(*fourcc), 25.0, (64, 64))
-    ok = writer.isOpened()
-    writer.release()
-    probe.unlink(missing_ok=True)
-    if not ok:
-        raise UserError(f"sinks.video.fourcc: this OpenCV cannot write {fourcc!r} into {extension} files; use one "
-                        "it supports (mp4v, MJPG, XVID)")
-
-
-# What a browser plays first (H.264 in MP4), then what every OpenCV build writes. pip's opencv-python has no
-# H.264 encoder; JetPack's OpenCV and FFmpeg builds with libx264 (or OpenH264) do.
-PREFERRED_CODECS = ("avc1", "mp4v")
-
-
-_WORKING: dict[str, str] = {}  # "auto" -> the codec that opened: probed once, not at every clip
-
-
-def open_writer(path: Path, fps: float, size: tuple[int, int], codec: str = "auto") -> tuple[cv2.VideoWriter, str]:
-    """A VideoWriter for `path` with `codec`, or with the first of PREFERRED_CODECS this OpenCV can write
-    ("auto"); OSError naming the file when none opens."""
-    candidates = (_WORKING["auto"],) if codec == "auto" and "auto" in _WORKING else (
-        PREFERRED_CODECS if codec == "auto" else (codec,))
-    for k, fourcc in enumerate(candidates):
-        quiet = k < len(candidates) - 1  # a codec this build lacks is expected here: no error on stderr
-        logging_ = cv2.utils.logging
-        previous = logging_.getLogLevel()
-        if quiet:
-            logging_.setLogLevel(logging_.LOG_LEVEL_SILENT)
-        try:
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
-        finally:
-            logging_.setLogLevel(previous)
-        if writer.isOpened():
-            if codec == "auto":
-                _WORKING["auto"] = fourcc
-            return writer, fourcc
-        writer.release()
-    raise OSError(errno.EIO, f"OpenCV cannot write {path} with codec {codec!r}")
+def video_encoder(video, directory: Path) -> Encoder | None:
+    """The encoder for `sinks.video` (None when disabled), probed in `directory`; UserError naming the key
+    when its codec cannot be written here."""
+    if not video.enabled:
+        return None
+    if video.fourcc is not None:
+        log.warning("sinks.video.fourcc is the old name of sinks.video.codec (still read: %s records %s); "
+                    "codec: auto records H.264, which browsers play", video.fourcc, video.fourcc)
+    try:
+        return encoders.choose(video.codec, video.extension, directory)
+    except encoders.NoEncoder as exc:
+        key = "fourcc" if video.fourcc is not None else "codec"
+        raise UserError(f"sinks.video.{key}: {exc}; codec: auto takes H.264 where it can, else mp4v") from None
 
 
 class _Segmented:
@@ -162,8 +136,11 @@ class _Segmented:
         """Finalise the open file (and any whose rename was refused before). OSError if the file system
         still refuses: the partial file stays, and the next start recovers it if nothing here manages to."""
         if self._is_open():
-            what = self._close_file()
-            self.unfinalised.append((self.partial, self.final, what))
+            what = "unfinished: closing it failed"
+            try:
+                what = self._close_file()
+            finally:  # a file that could not be finished is still finalised, or kept as unfinished
+                self.unfinalised.append((self.partial, self.final, what))
         self._finalise_pending()
 
     def _finalise_pending(self) -> None:
@@ -182,14 +159,15 @@ class _Segmented:
 
 
 class VideoFileSink(_Segmented):
-    """Annotated frames into a video container; opened at the first frame (its size is known then)."""
+    """Annotated frames into a video container with `encoder` (pipeline.encoders.choose); opened at the
+    first frame (its size is known then)."""
 
-    def __init__(self, out: OutputDir, name: str, stem: str, fourcc: str, extension: str,
+    def __init__(self, out: OutputDir, name: str, stem: str, encoder: Encoder, extension: str,
                  fps: Callable[[], float], segment_s: float = 0.0, reserve_bytes: int = 0):
         super().__init__(out, name, stem, extension, segment_s, reserve_bytes)
-        self.fourcc = fourcc
+        self.encoder = encoder
         self._fps = fps
-        self._writer: cv2.VideoWriter | None = None
+        self._writer: Writer | None = None
         self._size: tuple[int, int] | None = None
         self.frames = 0  # in the current file
 
@@ -203,10 +181,7 @@ class VideoFileSink(_Segmented):
 
     def _open_file(self) -> None:
         fps = self._fps() or 25.0  # streams that do not say play back at a common camera rate
-        writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*self.fourcc), fps, self._size)
-        if not writer.isOpened():
-            raise OSError(errno.EIO, f"OpenCV cannot open {self.partial} for writing with codec {self.fourcc!r}")
-        self._writer = writer
+        self._writer = self.encoder.open(self.partial, fps, self._size)
         self.frames = 0
 
     def _write(self, image: np.ndarray) -> None:
@@ -216,9 +191,9 @@ class VideoFileSink(_Segmented):
         self.frames += 1
 
     def _close_file(self) -> str:
-        self._writer.release()  # writes the index (moov atom): the file is playable from here on
-        self._writer = None
-        return f"{self.frames} frames"
+        writer, self._writer = self._writer, None
+        writer.close()  # the encoder drained, the container finished: the file plays from here on
+        return f"{self.frames} frames, {self.encoder.codec} ({self.encoder.name})"
 
 
 class EventsSink(_Segmented):

@@ -24,10 +24,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline import encoders
 from pipeline.metrics import Metrics
 from pipeline.sinks.guard import SinkGuard
 from pipeline.sinks.outdir import OutputDir, partial_of
-from pipeline.sinks.files import open_writer
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +134,13 @@ class MediaWriter:
         self._dropped = metrics.media_dropped.labels(name)
         self._preroll: deque[tuple[float, bytes]] = deque()
         self._preroll_bytes = 0
-        self._writer: cv2.VideoWriter | None = None
+        self._writer: encoders.Writer | None = None
         self._clip: Path | None = None
         self._clip_frames = 0
         self._size: tuple[int, int] | None = None
         self._best: dict[int, tuple[float, bytes, bytes]] = {}  # track -> (score, frame jpeg, crop jpeg)
         self._thread = threading.Thread(target=self._run, name=f"media-{name}", daemon=True)
-        self.codec = ""
+        self.encoder: encoders.Encoder | None = None
         self.written: list[Path] = []
 
     def start(self) -> None:
@@ -209,8 +209,9 @@ class MediaWriter:
     def _start_writer(self, image: np.ndarray) -> None:
         h, w = image.shape[:2]
         self._size = (w, h)
-        partial = partial_of(self._clip)
-        self._writer, self.codec = open_writer(partial, self._fps() or 25.0, self._size, self.clips.codec)
+        if self.encoder is None:  # the recording's choice when the settings match (probed once a process)
+            self.encoder = encoders.choose(self.clips.codec, self.clips.extension, self._clip.parent)
+        self._writer = self.encoder.open(partial_of(self._clip), self._fps() or 25.0, self._size)
 
     def _write(self, image: np.ndarray) -> None:
         if self._writer is None:
@@ -226,11 +227,11 @@ class MediaWriter:
         clip, self._clip = self._clip, None
         if self._writer is None:
             return  # no frame came: no file
-        self._writer.release()
-        self._writer = None
+        writer, self._writer = self._writer, None
+        writer.close()
         landed = self._dirs["clip"].finalise(partial_of(clip), clip)
         self.written.append(landed)
-        log.info("wrote clip %s (%d frames, %s)", landed, self._clip_frames, self.codec)
+        log.info("wrote clip %s (%d frames, %s)", landed, self._clip_frames, self.encoder)
 
     def _snapshot(self, track_id: int, shot: Path, crop: Path | None) -> None:
         best = self._best.pop(track_id, None)

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".perceptd.lock"
 PARTIAL = re.compile(r"^\.(?P<stem>.+)\.partial(?P<ext>\.[A-Za-z0-9]+)$")
-UNFINISHED = ".unfinished"  # a recovered video that players cannot open (an MP4 killed before its index)
+UNFINISHED = ".unfinished"  # a recovered video that players cannot open (an mp4v MP4 killed before its index)
 # Filesystems without hard links (vfat, exfat on SD cards) answer link() with one of these.
 _NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
 
@@ -190,8 +190,8 @@ class OutputDir:
                 log.warning("recovered %s, left unfinalised by a run that was killed", landed)
             else:
                 log.warning("recovered %s, left unfinalised by a run that was killed: players cannot open it "
-                            "(an MP4 gets its index only when finalised; sinks.video.extension: .mkv keeps "
-                            "such footage playable)", landed)
+                            "(an mp4v MP4 gets its index only when finalised; H.264 (sinks.video.codec: auto, "
+                            "written as fragmented MP4) and .mkv files play up to the kill)", landed)
         return recovered
 
 

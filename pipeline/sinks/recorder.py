@@ -1,8 +1,9 @@
 """Video recording off the latency path: one thread per source encodes drawn frames after their results
 are published.
 
-Encoding a 720p frame with mp4v costs about 5 ms of CPU, as much as the rest of the sink. Done in the sink
-thread it delayed every event and preview by that much, and the next frame's results waited behind it. The
+Encoding a 720p frame costs ~8 ms of CPU with mp4v and ~13 ms with H.264 (libx264; benchmarks/encoders.py),
+more than the rest of the sink. Done in the sink thread it delayed every event and preview by that much, and
+the next frame's results waited behind it. The
 recorder owns a frame's slot until the frame is written, so a recorder that cannot keep up holds slots and
 slows a file's reader (or makes a live source drop): it never loses a frame it was given. A write that
 fails pauses the recording through its SinkGuard; the slots keep flowing.
