@@ -225,15 +225,26 @@ def _exporting(what: str, fn, *args):
 
 def export_model(model: torch.nn.Module, input_shape, onnx_path: Path, *, torchscript: Path | None = None,
                  exported_program: Path | None = None, labels: list[str] | None = None,
-                 tolerance: float = DEFAULT_TOLERANCE, source: str = "", seed: int = 0) -> ExportReport:
+                 tolerance: float = DEFAULT_TOLERANCE, source: str = "", seed: int = 0,
+                 saliency: bool = False) -> ExportReport:
     """Export, compare every written format with eager torch on one random batch, and move the files into
-    place only when every difference is within `tolerance` (see ExportReport.ok)."""
+    place only when every difference is within `tolerance` (see ExportReport.ok).
+
+    `saliency`: a GAP + linear classifier gets its feature map as a second output and the linear layer in
+    the ONNX metadata, for class activation maps (engines/export_saliency.py); "cam" in `diffs` is how far
+    the written model's pooled map and stored weights are from its logits."""
     if exported_program is not None and Path(exported_program).suffix != ".pt2":
         raise ExportError(f"--exported-program: {exported_program} must end in .pt2 (torch.export.load needs it)")
     model = model.eval()
     n, c, h, w = (int(d) for d in input_shape)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(max(n, VERIFY_BATCH), c, h, w, generator=gen)
+    cam_meta: dict[str, str] = {}
+    cam_layer = ""
+    if saliency:
+        from engines.export_saliency import prepare
+
+        model, cam_meta, cam_layer = prepare(model, x)
     with torch.inference_mode():
         try:
             expected = _outputs(model(x))
@@ -241,6 +252,10 @@ def export_model(model: torch.nn.Module, input_shape, onnx_path: Path, *, torchs
             raise ExportError(f"--input-shape: the model does not run on {list(x.shape)} "
                               f"({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
     output_names = ["output"] if len(expected) == 1 else [f"output{i}" for i in range(len(expected))]
+    if cam_meta:
+        from engines.export_saliency import FEATURES_OUTPUT
+
+        output_names = ["output", FEATURES_OUTPUT]
     if labels:
         first = expected[0]
         nc = first.shape[1] if first.ndim >= 2 else 0
@@ -255,7 +270,14 @@ def export_model(model: torch.nn.Module, input_shape, onnx_path: Path, *, torchs
         tmp = _atomic_tmp(report.onnx_path)
         staged.append((tmp, report.onnx_path, "onnx"))
         _exporting(f"torch.onnx.export (opset {OPSET})", _write_onnx, model, example, tmp, output_names)
-        report.diffs["onnxruntime"] = _max_diff(expected, _run_onnx(tmp, x.numpy()))
+        if cam_meta:
+            from engines.export_saliency import append_metadata, check_onnx_cam
+
+            append_metadata(tmp, cam_meta)
+        onnx_out = _run_onnx(tmp, x.numpy())
+        report.diffs["onnxruntime"] = _max_diff(expected, onnx_out)
+        if cam_meta:
+            report.diffs["cam"] = check_onnx_cam(onnx_out, cam_meta)
         # The exported program is traced at batch >= 2: torch.export specialises a batch of 1 into a constant.
         for fmt, target, step, write, traced_on in (
                 ("torchscript", torchscript, "torch.jit.trace", _write_torchscript, example),
@@ -275,6 +297,8 @@ def export_model(model: torch.nn.Module, input_shape, onnx_path: Path, *, torchs
                 "output_names": output_names, "output_shapes": [[None, *s] for s in report.output_shapes],
                 "labels": list(labels or []), "opset": OPSET, "torch_version": torch.__version__,
                 "max_abs_diff": report.diffs, "tolerance": tolerance}
+        if cam_meta:
+            meta["saliency"] = {"kind": "cam", "layer": cam_layer, "output": output_names[1]}
         for tmp, final, fmt in staged:
             _write_text_atomic(sidecar_path(final), json.dumps({**meta, "format": fmt}, indent=1) + "\n")
             os.replace(tmp, final)

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--torchscript", type=Path, metavar="FILE.pt", help="also write TorchScript (torch backend)")
     exp.add_argument("--exported-program", type=Path, metavar="FILE.pt2",
                      help="also write a torch.export program (torch backend)")
+    exp.add_argument("--saliency", action="store_true",
+                     help="classifiers ending in global average pooling + a linear layer: also output the last "
+                     "feature map and store the layer, for live class activation maps (sinks.overlay.saliency)")
     exp.add_argument("--tolerance", type=float, metavar="T", default=None,
                      help="largest max-abs difference from torch accepted (default 1e-3)")
 
@@ -225,7 +228,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     tolerance = args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE
     report = export_model(model, shape, args.output, torchscript=args.torchscript,
                           exported_program=args.exported_program, labels=read_labels(args.labels),
-                          tolerance=tolerance, source=args.model)
+                          tolerance=tolerance, source=args.model, saliency=args.saliency)
     for fmt, diff in report.diffs.items():
         print(f"max abs diff torch vs {fmt}: {diff:.3g} (tolerance {tolerance:g})")
     if not report.ok:

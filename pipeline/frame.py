@@ -59,3 +59,4 @@ class WorkResult:
     postprocess_ns: int
     batch_size: int
     inferred: bool = True  # False: not run through the model (detect_fps); its detections are predictions
+    saliency: object | None = None  # engines.saliency.Saliency, with sinks.overlay.saliency on

@@ -57,6 +57,8 @@ class WorkerSpec:
     metadata: tuple[tuple[str, str], ...] = ()
     # Values that came from ${VAR} in the config: masked in the worker's log lines as in the daemon's.
     masked: tuple[str, ...] = ()
+    # sinks.overlay.saliency: None (off: nothing computed), else the labels whose map is made (empty: all).
+    saliency: tuple[str, ...] | None = None
 
 
 def guess_family(outputs: list[TensorInfo]) -> str | None:
@@ -66,7 +68,9 @@ def guess_family(outputs: list[TensorInfo]) -> str | None:
         return "retinaface"
     if len(outputs) >= 1 and len(outputs[0].shape) == 3:
         return "yolo"
-    if len(outputs) == 1 and (len(outputs[0].shape) == 2 or (len(outputs[0].shape) == 4 and outputs[0].shape[2:] == (1, 1))):
+    # A classifier exported with --saliency has its feature map [N, C, H, W] as a second output.
+    if (len(outputs) == 1 or (len(outputs) == 2 and len(outputs[1].shape) == 4)) and (
+            len(outputs[0].shape) == 2 or (len(outputs[0].shape) == 4 and outputs[0].shape[2:] == (1, 1))):
         return "classifier"
     return None
 
@@ -140,6 +144,16 @@ class _Runner:
             self.adapter.check_outputs([o.shape for o in self.engine.outputs], [o.name for o in self.engine.outputs])
         except ValueError as exc:
             raise ModelError(f"model {spec.model_name} does not look like a {family} model: {exc}") from None
+        self.saliency = False
+        if spec.saliency is not None:
+            try:
+                why = self.adapter.enable_saliency(spec.saliency, [o.name for o in self.engine.outputs],
+                                                   spec.model_path)
+            except ValueError as exc:
+                raise ModelError(str(exc)) from None
+            self.saliency = why is None
+            if why:
+                log.warning("sinks.overlay.saliency: no saliency maps for %s: %s", spec.model_name, why)
         dtype = np.dtype(self.engine.inputs[0].dtype if self.engine.inputs[0].dtype != "?" else "float32")
         self.max_batch = self.engine.max_batch
         self.batch = np.zeros((self.max_batch, 3, *self.input_hw), dtype=np.float32)
@@ -154,7 +168,7 @@ class _Runner:
     def describe(self) -> dict:
         d = self.engine.describe()
         d.update(family=self.family, input_size=list(self.input_hw), model=self.spec.model_name,
-                 labels=len(self.adapter.labels), pid=os.getpid())
+                 labels=len(self.adapter.labels), pid=os.getpid(), saliency=self.saliency)
         return d
 
     def run_batch(self, items: list[WorkItem], t_dequeued: list[int]) -> list[WorkResult]:
@@ -171,10 +185,12 @@ class _Runner:
         results = []
         for i, item in enumerate(items):
             t0 = time.monotonic_ns()
-            dets = self.adapter.postprocess([np.asarray(o[i]) for o in outputs], fits[i])
+            outs = [np.asarray(o[i]) for o in outputs]
+            dets = self.adapter.postprocess(outs, fits[i])
+            saliency = self.adapter.saliency(outs, fits[i]) if self.saliency else None
             post_ns = time.monotonic_ns() - t0
             results.append(WorkResult(item.source_id, item.index, item.slot, tuple(dets), t_dequeued[i],
-                                      pre_ns[i], infer_ns, post_ns, n))
+                                      pre_ns[i], infer_ns, post_ns, n, saliency=saliency))
         return results
 
     def control(self, message: tuple) -> None:

@@ -287,6 +287,24 @@ class Adapter(ABC):
     def wanted(self, label: str) -> bool:
         return not self._keep or label in self._keep
 
+    def saliency_ids(self, labels: tuple[str, ...]) -> np.ndarray | None:
+        """Class ids of `labels` (None: every class), for the saliency map; ValueError for an unknown label."""
+        if not labels:
+            return None
+        unknown = [name for name in labels if name not in self.labels]
+        if unknown:
+            raise ValueError(f"sinks.overlay.saliency_labels: no label {', '.join(map(repr, unknown))} in the model")
+        return np.asarray([self.labels.index(name) for name in labels], dtype=np.int64)
+
+    def enable_saliency(self, labels: tuple[str, ...], output_names: list[str], model_path: str) -> str | None:
+        """Get ready to make saliency maps (engines/saliency.py) of `labels` (empty: all); None when ready,
+        else why this model cannot have them. Families that can override this and saliency()."""
+        return f"the {self.family} family has no saliency map"
+
+    def saliency(self, outputs: list[np.ndarray], fit: Letterbox):
+        """One frame's Saliency (engines/saliency.py) from the outputs postprocess() saw, or None."""
+        return None
+
     @abstractmethod
     def preprocess(self, image_bgr: np.ndarray, out: np.ndarray) -> Letterbox:
         """Write one input row (C, H, W float32) into `out` and return how the image was fitted."""

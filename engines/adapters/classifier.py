@@ -8,6 +8,7 @@ Each reported class is a Detection whose box is the whole source image.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import cv2
@@ -15,6 +16,7 @@ import numpy as np
 
 from engines.adapters.base import Adapter, AdapterParams, Letterbox
 from engines.detection import Detection
+from engines.saliency import CamWeights, class_activation, normalise_cam, summarise
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ class ClassifierAdapter(Adapter):
     def __init__(self, input_hw, labels, params: AdapterParams, *, mean=None, std=None, crop_fraction=None,
                  resize=None):
         super().__init__(input_hw, labels, params)
+        self._cam: CamWeights | None = None  # enable_saliency: the linear layer, and where the features are
+        self._cam_output = 0
+        self._cam_ids: np.ndarray | None = None
         if resize is not None:
             if resize not in ("crop", "stretch"):
                 raise ValueError(f"resize must be 'crop' or 'stretch', got {resize!r}")
@@ -86,8 +91,10 @@ class ClassifierAdapter(Adapter):
     def preprocess(self, image_bgr, out):
         h, w = image_bgr.shape[:2]
         th, tw = self.input_hw
+        scale_xy = (None, None)
         if self.resize == "stretch":
             nh, nw, scale = th, tw, min(th / h, tw / w)
+            scale_xy = (tw / w, th / h)  # each axis its own: the saliency map maps back with them
         else:
             nh, nw, scale = self._resized_size(h, w)
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
@@ -100,7 +107,7 @@ class ClassifierAdapter(Adapter):
             out[i] -= self._sub[i]
         # Negative pads: the crop starts inside the resized image. The resized size is rounded, so this
         # mapping is exact to within a source pixel, which is all a whole-image box needs.
-        return Letterbox(scale, float(-x0), float(-y0), w, h)
+        return Letterbox(scale, float(-x0), float(-y0), w, h, *scale_xy)
 
     def postprocess(self, outputs, fit: Letterbox):
         raw = np.asarray(outputs[0])
@@ -123,3 +130,33 @@ class ClassifierAdapter(Adapter):
             if confident[class_id] and self.wanted(label):
                 found.append(Detection(label, score, box, int(class_id)))
         return found
+
+    def enable_saliency(self, labels, output_names, model_path):
+        """Class activation maps need the feature map as an output and the linear layer's weights in the
+        model's metadata: what `perceptd export --saliency` writes (the built-in mobilenet_v2 has both)."""
+        try:
+            cam = CamWeights.from_model(model_path)
+        except ValueError as exc:
+            return str(exc)
+        if cam is None:
+            return (f"{model_path} carries no class activation weights; export it with `perceptd export "
+                    "--saliency` (a network ending in global average pooling and a linear layer)")
+        if cam.output not in output_names:
+            return f"the model has no output {cam.output!r} (its outputs: {', '.join(output_names)})"
+        if self.labels and len(self.labels) != len(cam.bias):
+            return f"the saliency weights have {len(cam.bias)} classes but the labels {len(self.labels)}"
+        self._cam_ids = self.saliency_ids(labels)
+        self._cam, self._cam_output = cam, list(output_names).index(cam.output)
+        return None
+
+    def saliency(self, outputs, fit: Letterbox):
+        if self._cam is None:
+            return None
+        logits = np.asarray(outputs[0]).reshape(-1)
+        features = np.asarray(outputs[self._cam_output])
+        ids = self._cam_ids
+        # The top class, or the top of the configured ones. Softmax keeps the order, so the logits decide.
+        class_id = int(ids[np.argmax(logits[ids])]) if ids is not None else int(np.argmax(logits))
+        cam = class_activation(features.astype(np.float32, copy=False), self._cam, class_id)
+        sal = summarise(normalise_cam(cam), fit, self.input_hw)
+        return dataclasses.replace(sal, label=self.label(class_id))

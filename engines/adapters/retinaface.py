@@ -12,6 +12,7 @@ import numpy as np
 
 from engines.adapters.base import Adapter, AdapterParams, Letterbox, letterbox_planes, nms
 from engines.detection import Detection
+from engines.saliency import merge_strides, stride_cells, summarise
 
 STRIDES = (8, 16, 32)
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -76,6 +77,7 @@ class RetinaFaceAdapter(Adapter):
         self._mean = tuple(float(v) for v in MEAN_BGR)
         self._scratch: dict = {}
         self._order = (0, 1, 2)  # positions of loc, conf, landmarks among the outputs (check_outputs)
+        self._saliency = False
 
     def check_outputs(self, output_shapes, output_names=()):
         """Find loc, conf and landmarks by name, else by their last dimension (4, 2, 10): exports differ in
@@ -116,3 +118,20 @@ class RetinaFaceAdapter(Adapter):
             Detection(label, float(s), tuple(float(v) for v in b), 0, tuple((float(x), float(y)) for x, y in pts))
             for b, s, pts in zip(boxes, scores[idx][keep], lms)
         ]
+
+    def enable_saliency(self, labels, output_names, model_path):
+        self.saliency_ids(labels)  # one label, face: a wrong one is an error, as for other families
+        self._saliency = stride_cells(self.input_hw, STRIDES, len(MIN_SIZES[0]), len(self._priors)) is not None
+        return None if self._saliency else "the priors do not fall on the strides' cells"
+
+    def saliency(self, outputs, fit: Letterbox):
+        """The face score of each cell, best of its two anchors, per stride, merged into one map at stride 8."""
+        if not self._saliency:
+            return None
+        scores = np.asarray(outputs[self._order[1]])[:, 1]
+        grids, start = [], 0
+        for ny, nx in stride_cells(self.input_hw, STRIDES, 2, len(self._priors)):
+            n = ny * nx * 2
+            grids.append(scores[start:start + n].reshape(ny, nx, 2).max(axis=2))  # cell-major, anchors inner
+            start += n
+        return summarise(merge_strides(grids), fit, self.input_hw)

