@@ -68,7 +68,8 @@ def find_layers(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module, nn.L
             and o.shape[1] == linear.in_features and o.shape[2] * o.shape[3] > 1]
     if not maps:
         raise SaliencyExportError(f"--saliency: no layer outputs a [batch, {linear.in_features}, H, W] feature "
-                                  "map for the final linear layer to pool")
+                                  "map for the final linear layer to pool: class activation maps need a "
+                                  "network ending in global average pooling and a linear layer")
     name, layer = maps[-1]
     return name, layer, linear
 

@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 CAM_KEY = "perceptd_saliency"  # JSON: kind, output, classes, channels, dtype
 CAM_WEIGHTS_KEY = "perceptd_saliency_weights"  # base64 of the linear layer: weight [nc, C] then bias [nc], <f4
 GRID = 8  # the JSONL's coarse grid: GRID x GRID cells over the source frame
-_GRID_SUB = 8  # samples per grid cell and axis: the grid's cells hold the max of these
 _PEAK_MIN_SIDE = 32  # coarse maps (a classifier's 7x7) are upsampled to about this before taking the peak
 
 
@@ -83,25 +82,45 @@ def summarise(values: np.ndarray, fit, input_hw: tuple[int, int]) -> Saliency:
     x0, y0, x1, y1 = box
     peak = (min(max(x0 + (px + 0.5) * (x1 - x0) / fine.shape[1], 0.0), float(fit.src_w)),
             min(max(y0 + (py + 0.5) * (y1 - y0) / fine.shape[0], 0.0), float(fit.src_h)))
-    n = GRID * _GRID_SUB
-    m = map_to_target(values.shape, box, (fit.src_w / n, fit.src_h / n))
-    sampled = cv2.warpAffine(values, m, (n, n), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    # Max over each cell's samples: a dilation whose window ends at the cell's last sample, read every _GRID_SUB.
-    k = np.ones((_GRID_SUB, _GRID_SUB), np.uint8)
-    pooled = cv2.dilate(sampled, k, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)
-    grid = np.clip(pooled[::_GRID_SUB, ::_GRID_SUB], 0.0, 1.0)
+    grid = np.clip(grid_max(values, box, fit.src_w, fit.src_h), 0.0, 1.0)
     return Saliency(cv2.convertScaleAbs(values, alpha=255.0), box, (float(peak[0]), float(peak[1])), grid)
 
 
+def _cell_ranges(size: float, b0: float, b1: float, cells: int) -> list[tuple[int, int]]:
+    """Per grid cell along one axis of `size` source pixels: the map cells [lo, hi) it overlaps."""
+    edges = (np.arange(GRID + 1) * (size / GRID) - b0) * (cells / (b1 - b0))
+    lo = np.clip(np.floor(edges[:-1]), 0, cells).astype(int)
+    hi = np.clip(np.ceil(edges[1:]), 0, cells).astype(int)
+    return list(zip(lo.tolist(), hi.tolist()))
+
+
+def grid_max(values: np.ndarray, box, src_w: int, src_h: int) -> np.ndarray:
+    """GRID x GRID over the source frame: the strongest map cell overlapping each grid cell (0 where the map
+    does not reach). The max, not a sample: a lone hot cell (a small face) keeps its value."""
+    rows = _cell_ranges(src_h, box[1], box[3], values.shape[0])
+    cols = _cell_ranges(src_w, box[0], box[2], values.shape[1])
+    grid = np.zeros((GRID, GRID), np.float32)
+    for gy, (r0, r1) in enumerate(rows):
+        if r1 > r0:
+            band = values[r0:r1].max(axis=0)
+            grid[gy] = [band[c0:c1].max() if c1 > c0 else 0.0 for c0, c1 in cols]
+    return grid
+
+
 def merge_strides(grids: list[np.ndarray]) -> np.ndarray:
-    """Per-stride score grids (finest first or not) -> one map at the finest grid's size, max across strides."""
+    """Per-stride score grids -> one map at the finest grid's size, max across strides. A coarse cell covers
+    whole fine cells (a stride-16 cell is 2x2 stride-8 cells), so each is repeated over them: interpolating
+    would lower a lone cell's score (a face seen at one stride only)."""
     finest = max(grids, key=lambda g: g.size)
+    fh, fw = finest.shape
     out = finest.astype(np.float32, copy=True)
     for g in grids:
         if g is finest:
             continue
-        up = cv2.resize(g.astype(np.float32, copy=False), (out.shape[1], out.shape[0]), interpolation=cv2.INTER_LINEAR)
-        np.maximum(out, up, out=out)
+        ky, kx = math.ceil(fh / g.shape[0]), math.ceil(fw / g.shape[1])
+        up = cv2.resize(g.astype(np.float32, copy=False), (g.shape[1] * kx, g.shape[0] * ky),
+                        interpolation=cv2.INTER_NEAREST)
+        np.maximum(out, up[:fh, :fw], out=out)
     return out
 
 

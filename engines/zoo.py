@@ -229,4 +229,6 @@ def resolve_model(name: str, family: str, labels_path: Path | None, input_size, 
             raise ModelError(f"model: {path} is an Ultralytics {meta.task!r} model; perceptd runs detect, pose, "
                              "segment and classify models")
     size = tuple(input_size) if input_size else meta.imgsz
-    return ResolvedModel(path.stem, path, family, labels, size, tuple(sorted(metadata.items())))
+    # The saliency weights (megabytes) stay out of the spec sent to every worker: it reads them itself.
+    small = sorted((k, v) for k, v in metadata.items() if k != "perceptd_saliency_weights")
+    return ResolvedModel(path.stem, path, family, labels, size, tuple(small))

@@ -163,6 +163,11 @@ class OverlaySettings(Strict):
     mask_alpha: float = Field(0.4, ge=0, le=1, description="Opacity of a mask's fill")
     banner: bool = True
     thickness: int = Field(2, ge=1, le=16)
+    saliency: bool = Field(False, description="Where the network looks: a heat map under the boxes (video, clips, "
+                           "the live view's toggle) and `saliency` in the JSONL; off: nothing is computed")
+    saliency_alpha: float = Field(0.4, ge=0, le=1, description="Opacity of the heat map")
+    saliency_labels: tuple[str, ...] = Field((), description="The map's labels: detectors, the best score of "
+                                             "these; classifiers, the top class among these (empty: all)")
 
 
 class PrivacySettings(Strict):

@@ -71,7 +71,8 @@ def build_worker_spec(settings: Settings, source_hw: tuple[int, int]) -> tuple[W
                               tensorrt=TensorRTOptions.from_settings(s.engine)),
         batch_timeout_s=s.pipeline.batch_timeout_ms / 1000.0,
         log_level=logging.getLogger().getEffectiveLevel(),
-        source_hw=source_hw, mean=m.mean, std=m.std, resize=m.resize, metadata=model.metadata, masked=remembered())
+        source_hw=source_hw, mean=m.mean, std=m.std, resize=m.resize, metadata=model.metadata, masked=remembered(),
+        saliency=saliency_spec(s))
     if s.engine.precision == "int8":  # TensorRT calibrates on images preprocessed as the worker's frames are
         trt = dataclasses.replace(spec.options.tensorrt, calibration_preprocess=calibration_preprocess(spec))
         spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, tensorrt=trt))
@@ -83,4 +84,11 @@ def engine_changed(old: Settings, new: Settings) -> bool:
     live = {"confidence", "iou", "max_detections", "top_k", "classes", "min_area", "max_area"}
     return (old.engine != new.engine
             or old.model.model_dump(exclude=live) != new.model.model_dump(exclude=live)
-            or old.pipeline.batch_timeout_ms != new.pipeline.batch_timeout_ms)
+            or old.pipeline.batch_timeout_ms != new.pipeline.batch_timeout_ms
+            or saliency_spec(old) != saliency_spec(new))
+
+
+def saliency_spec(settings: Settings) -> tuple | None:
+    """What the worker computes for sinks.overlay.saliency (the opacity is the sinks' alone)."""
+    o = settings.sinks.overlay
+    return tuple(o.saliency_labels) if o.saliency else None

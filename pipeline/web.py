@@ -26,6 +26,7 @@ PAGE = """<!doctype html>
  .tile{background:#1b1b1b;border-radius:6px;overflow:hidden;width:480px}
  .tile img{display:block;width:480px;height:360px;object-fit:contain;background:#000}
  .meta{display:flex;justify-content:space-between;padding:6px 10px}
+ .sal{cursor:pointer;user-select:none}
  .up{color:#5c5}.down,.finished{color:#e55}.connecting{color:#db3}
 </style></head><body>
 <header><b>perceptd</b><span id="engine"></span></header>
@@ -34,12 +35,27 @@ PAGE = """<!doctype html>
 const q = location.search;  // carries ?token= to the streams and the feed when one is in use
 const grid = document.getElementById('grid');
 const tiles = {};
+// The heat map toggle (sinks.overlay.saliency): each choice is its own stream, so nothing is drawn twice
+// for a viewer and other viewers keep theirs.
+function src(name, heat) {
+  const p = new URLSearchParams(q); if (heat) p.set('saliency', '1');
+  const qs = p.toString();
+  return '/stream/' + encodeURIComponent(name) + '.mjpg' + (qs ? '?' + qs : '');
+}
 function tile(name) {
   const t = document.createElement('div'); t.className = 'tile'; t.dataset.source = name;
-  t.innerHTML = '<img alt=""><div class="meta"><b></b><span class="state"></span><span class="perf"></span></div>';
-  t.querySelector('img').src = '/stream/' + encodeURIComponent(name) + '.mjpg' + q;
+  t.innerHTML = '<img alt=""><div class="meta"><b></b><label class="sal" hidden><input type="checkbox" ' +
+    'class="saliency-toggle" checked> heat map</label><span class="state"></span><span class="perf"></span></div>';
   t.querySelector('b').textContent = name;
+  const box = t.querySelector('.saliency-toggle');
+  box.onchange = () => { t.querySelector('img').src = src(name, box.checked); };
   grid.appendChild(t); return t;
+}
+function showSaliency(t, name, available) {
+  const label = t.querySelector('.sal'), img = t.querySelector('img');
+  if (img.getAttribute('src') !== null && label.hidden === !available) return;
+  label.hidden = !available;
+  img.src = src(name, available && t.querySelector('.saliency-toggle').checked);
 }
 async function refresh() {
   try {
@@ -47,6 +63,7 @@ async function refresh() {
     document.getElementById('engine').textContent = s.engine;
     for (const [name, src] of Object.entries(s.sources)) {
       const t = tiles[name] || (tiles[name] = tile(name));
+      showSaliency(t, name, !!s.saliency);
       const st = t.querySelector('.state'); st.textContent = src.state; st.className = 'state ' + src.state;
       t.querySelector('.perf').textContent = src.fps.toFixed(1) + ' fps · ' + src.latency_ms.toFixed(0) + ' ms';
     }
@@ -103,7 +120,8 @@ class LiveView:
         p = self.pipeline
         info = p.worker.info if p.worker else {}
         engine = f"{info.get('model', '')} · {info.get('backend', '')} {info.get('device', '')} {info.get('precision', '')}"
-        return 200, json.dumps({"engine": engine, "sources": p.status()}).encode(), "application/json"
+        body = {"engine": engine, "saliency": bool(info.get("saliency")), "sources": p.status()}
+        return 200, json.dumps(body).encode(), "application/json"
 
     def stream(self, handler: BaseHTTPRequestHandler, rest: str) -> None:
         name = rest.removesuffix(".mjpg")
@@ -125,9 +143,10 @@ class LiveView:
         # A small send buffer bounds what a stalled viewer holds in the kernel and lets the stall show.
         handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 256 * 1024)
         seq = 0
-        with preview:
+        heat = parse_qs(urlsplit(handler.path).query).get("saliency", ["0"])[0] == "1"
+        with preview.watch(heat):
             while not self.pipeline.stopping:
-                item = preview.next(seq, timeout=1.0)
+                item = preview.next(seq, timeout=1.0, heat=heat)
                 if item is None:
                     continue
                 seq, jpeg = item

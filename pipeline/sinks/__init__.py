@@ -20,6 +20,7 @@ from pipeline.cadence import frame_time
 from pipeline.sinks.files import EventsSink, VideoFileSink
 from pipeline.sinks.media import EventMedia
 from pipeline.sinks.guard import SinkGuard, describe
+from pipeline.sinks.heatmap import blend
 from pipeline.sinks.outdir import OutputDir
 from pipeline.sinks.overlay import draw
 from pipeline.sinks.preview import Preview
@@ -81,6 +82,8 @@ class SourceOutput:
         # Landmarks would redraw the geometry of a masked face: not with masking on.
         self._overlay = (settings.overlay.model_copy(update={"landmarks": False}) if self._mask_labels
                          else settings.overlay)
+        self._heat = settings.overlay.saliency  # the worker sends a map with each inferred frame
+        self._last_saliency = None  # drawn on frames the model skipped (detect_fps)
         self.closed = False
         self._close_lock = threading.Lock()
         self._last_detections: tuple = ()
@@ -198,11 +201,13 @@ class SourceOutput:
             r = dataclasses.replace(r, detections=self._last_detections)  # no tracker: the last ones stand
         if r.inferred:
             self._last_detections = r.detections
+            self._last_saliency = r.saliency
         to_preview = self.preview is not None and self.preview.wants_frame()
         if self.video is not None or to_preview or self.media is not None:
-            self._overlay_guard.run(lambda: self._draw(frame, r, ids))
+            plain: list = []
+            self._overlay_guard.run(lambda: plain.append(self._draw(frame, r, ids, to_preview)))
             if to_preview:
-                self._preview_guard.run(lambda: self.preview.publish(frame.image))
+                self._preview_guard.run(lambda: self._publish(frame, plain[0] if plain else None))
         if self.media is not None and ids is not None:  # before the events are written: they name its files
             t = frame_time(self._live, frame)
             self._media_guard.run(lambda: self.media.frame(t, frame.image, r.detections, ids, events))
@@ -227,6 +232,8 @@ class SourceOutput:
                       "detections": detections, "latency_ms": latency}
             if self.tracking is not None:
                 record["inferred"] = r.inferred
+            if self._heat and r.saliency is not None:
+                record["saliency"] = r.saliency.to_json()
             self._events_guard.run(lambda: self.events.write(record))
         for event in events:
             self._write_event(event)
@@ -245,7 +252,9 @@ class SourceOutput:
         self.last_done_ns = t_done
         self._recent.append((t_done, total * _NS))
 
-    def _draw(self, frame: Frame, r: WorkResult, ids=None) -> None:
+    def _draw(self, frame: Frame, r: WorkResult, ids=None, to_preview: bool = False):
+        """Annotate the frame in place, the heat map first (under the boxes). Returns a copy annotated
+        without the heat map when a live viewer has it toggled off, else None."""
         if self._mask_labels:  # before drawing: boxes and labels stay visible over the masked region
             p = self.settings.privacy
             mask_regions(frame.image, r.detections, self._mask_labels, p.mode, p.padding)
@@ -253,9 +262,30 @@ class SourceOutput:
         if self.settings.overlay.banner:
             fps, e2e_ms = self.stats()
             banner = f"{self.name}  {fps:5.1f} fps  {e2e_ms:5.0f} ms"
-        draw(frame.image, r.detections, self._overlay, banner, self._mask_labels)
+        saliency = self._last_saliency if self._heat else None
+        plain = None
+        if saliency is not None:
+            wanted = self.preview.wanted() if to_preview else ()
+            if self.video is not None or self.media is not None or True in wanted:
+                if False in wanted:  # a viewer with the heat map toggled off: a copy without it
+                    plain = frame.image.copy()
+                    self._annotate(plain, r, ids, banner)
+                blend(frame.image, saliency, self.settings.overlay.saliency_alpha)
+        self._annotate(frame.image, r, ids, banner)
+        return plain
+
+    def _annotate(self, image, r: WorkResult, ids, banner: str) -> None:
+        draw(image, r.detections, self._overlay, banner, self._mask_labels)
         if ids is not None:
-            self.tracking.draw(frame.image, r.detections, ids, self._overlay.thickness)
+            self.tracking.draw(image, r.detections, ids, self._overlay.thickness)
+
+    def _publish(self, frame: Frame, plain) -> None:
+        """The live view: with a plain copy, each kind of viewer its own picture; else one for all."""
+        if plain is None:
+            self.preview.publish(frame.image)
+        else:
+            self.preview.publish(plain, heat=False)
+            self.preview.publish(frame.image, heat=True)
 
     def summary(self) -> str:
         span = (self.last_done_ns - self.first_done_ns) * _NS
