@@ -16,7 +16,9 @@ import numpy as np
 
 from engines.saliency import Saliency
 
-COLORMAP = cv2.COLORMAP_JET  # blue (cold) to red (hot), as Grad-CAM figures show it
+# Blue (cold) to red (hot), as Grad-CAM figures show it: JET without its last eighth, whose dark red made the
+# hottest spot (a face) look dimmer than the orange around it once blended.
+COLORS = cv2.applyColorMap(np.round(np.arange(256) * 0.875).astype(np.uint8).reshape(256, 1), cv2.COLORMAP_JET)
 
 
 def covered(shape_hw: tuple[int, int], box) -> tuple[int, int, int, int] | None:
@@ -45,7 +47,7 @@ def heat_image(saliency: Saliency, region: tuple[int, int, int, int]) -> np.ndar
     mh, mw = saliency.map.shape
     cx0, cx1, sw, sx = _span(x0, x1, bx0, bx1, mw)
     cy0, cy1, sh, sy = _span(y0, y1, by0, by1, mh)
-    colour = cv2.applyColorMap(np.ascontiguousarray(saliency.map[cy0:cy1, cx0:cx1]), COLORMAP)
+    colour = cv2.applyColorMap(np.ascontiguousarray(saliency.map[cy0:cy1, cx0:cx1]), COLORS)
     scaled = cv2.resize(colour, (sw, sh), interpolation=cv2.INTER_LINEAR)
     return scaled[sy:sy + y1 - y0, sx:sx + x1 - x0]
 
