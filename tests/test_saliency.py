@@ -204,3 +204,15 @@ def test_heat_map_when_blended_then_hot_red_cold_blue_and_outside_the_box_untouc
     assert out[y, x, 2] > image[y, x, 2] - 10 and int(out[y, x, 2]) - int(out[y, x, 0]) > 60  # red at the peak
     assert np.array_equal(out[:, :80], image[:, :80])  # left of the centre crop: nothing drawn
     assert np.abs(out.astype(int) - image).mean() > 10
+
+
+def test_saliency_labels_when_the_model_has_no_such_label_then_error_names_the_key():
+    adapter = RetinaFaceAdapter((160, 192), ["face"], AdapterParams())
+    with pytest.raises(ValueError, match="sinks.overlay.saliency_labels: no label 'person'"):
+        adapter.enable_saliency(("person",), ["loc", "conf", "landmarks"], "m.onnx")
+
+
+def test_classifier_when_exported_without_saliency_then_says_how_to_get_it(tmp_path):
+    export_model(GapCNN(), (1, 3, 64, 64), tmp_path / "plain.onnx")
+    adapter = ClassifierAdapter((64, 64), [], AdapterParams())
+    assert "perceptd export --saliency" in adapter.enable_saliency((), ["output"], str(tmp_path / "plain.onnx"))
