@@ -216,3 +216,11 @@ def test_classifier_when_exported_without_saliency_then_says_how_to_get_it(tmp_p
     export_model(GapCNN(), (1, 3, 64, 64), tmp_path / "plain.onnx")
     adapter = ClassifierAdapter((64, 64), [], AdapterParams())
     assert "perceptd export --saliency" in adapter.enable_saliency((), ["output"], str(tmp_path / "plain.onnx"))
+
+
+def test_saliency_benchmark_when_quick_then_every_model_and_size_timed(capsys, cache_dir):
+    from benchmarks.saliency import main
+
+    assert main(["--frames", "1", "--repeats", "2", "--warmup", "0", "--cache-dir", str(cache_dir)]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(("640x360", "1280x720"))]
+    assert len(rows) == 6 and all(float(v) > 0 for ln in rows for v in ln.split()[-6:])
