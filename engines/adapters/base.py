@@ -6,6 +6,7 @@ Detections in source pixels. It never knows which backend ran the model.
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,7 +294,10 @@ class Adapter(ABC):
             return None
         unknown = [name for name in labels if name not in self.labels]
         if unknown:
-            raise ValueError(f"sinks.overlay.saliency_labels: no label {', '.join(map(repr, unknown))} in the model")
+            near = difflib.get_close_matches(unknown[0], self.labels, n=3)
+            hint = f"; did you mean {', '.join(map(repr, near))}?" if near else f"; its labels: {', '.join(self.labels[:20])}"
+            raise ValueError(f"sinks.overlay.saliency_labels: no label {', '.join(map(repr, unknown))} in the "
+                             f"model{hint}")
         return np.asarray([self.labels.index(name) for name in labels], dtype=np.int64)
 
     def enable_saliency(self, labels: tuple[str, ...], output_names: list[str], model_path: str) -> str | None:

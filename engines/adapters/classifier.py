@@ -154,6 +154,11 @@ class ClassifierAdapter(Adapter):
             return None
         logits = np.asarray(outputs[0]).reshape(-1)
         features = np.asarray(outputs[self._cam_output])
+        if features.ndim != 3 or features.shape[0] != self._cam.weight.shape[1]:
+            log.warning("no saliency map: the %s output is %s, not [%d, H, W] as the stored weights need",
+                        self._cam.output, list(features.shape), self._cam.weight.shape[1])
+            self._cam = None
+            return None
         ids = self._cam_ids
         # The top class, or the top of the configured ones. Softmax keeps the order, so the logits decide.
         class_id = int(ids[np.argmax(logits[ids])]) if ids is not None else int(np.argmax(logits))
