@@ -230,7 +230,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                           exported_program=args.exported_program, labels=read_labels(args.labels),
                           tolerance=tolerance, source=args.model, saliency=args.saliency)
     for fmt, diff in report.diffs.items():
-        print(f"max abs diff torch vs {fmt}: {diff:.3g} (tolerance {tolerance:g})")
+        what = "saliency: max |mean(map) + bias - logit|" if fmt == "cam" else f"max abs diff torch vs {fmt}"
+        print(f"{what}: {diff:.3g} (tolerance {tolerance:g})")
     if not report.ok:
         worst = max(report.diffs, key=report.diffs.get)
         print(f"perceptd: error: {worst} output differs from torch by {report.diffs[worst]:.3g} > {tolerance:g}; "

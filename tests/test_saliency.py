@@ -46,9 +46,8 @@ def run(adapter, model, images, labels=()):
 
 
 @pytest.fixture(scope="module")
-def mobilenet(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    path = materialise("mobilenet_v2", cache, "onnxruntime")
+def mobilenet(cache_dir):
+    path = materialise("mobilenet_v2", cache_dir, "onnxruntime")  # the session's: exported once for all tests
     adapter = ClassifierAdapter((224, 224), list(BUILTINS["mobilenet_v2"].labels), AdapterParams(confidence=0.0))
     return path, adapter
 
