@@ -50,10 +50,12 @@ class EngineOptions:
     input_hw: tuple[int, int] | None = None
     cache_dir: str | None = None  # built engines (TensorRT); None: the default cache directory
     tensorrt: "TensorRTOptions | None" = None  # engines.build.TensorRTOptions; None: its defaults
-    # ONNX Runtime's threads spin-wait between operators: a little lower latency when they own the machine,
-    # cores taken from decoding and encoding when they share it, as the worker always does. On for the
-    # benchmark's plain loop, which is ONNX Runtime as a hand-written loop gets it.
-    spin_wait: bool = False
+    # ONNX Runtime's intra-op threads spin-wait instead of sleeping between operators. None (auto): they
+    # spin while a batch runs and stop the moment it returns, so a busy worker gets the speed of spinning
+    # (about 10% on YOLO11n, 2 cores: benchmarks/README.md) and an idle or waiting one burns no core that
+    # decoding needs. True: ONNX Runtime's own default, spinning on after each run too (the plain loop's
+    # setting, as a hand-written loop gets it). False: never (lowest CPU, slowest calls).
+    spin_wait: bool | None = None
 
 
 def usable_cores() -> int:

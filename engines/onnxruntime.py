@@ -34,7 +34,12 @@ class OnnxRuntimeEngine(Engine):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.threads = cpu_threads(options.threads)
         so.intra_op_num_threads = self.threads
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin_wait else "0")
+        self.spin_wait = {None: "auto", True: "on", False: "off"}[options.spin_wait]
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0" if options.spin_wait is False else "1")
+        # auto: the threads spin between a run's operators (waking a sleeping thread for each of YOLO's ~300
+        # small operators costs more than the work) but stop as soon as the run returns, when the worker
+        # pre/postprocesses or waits for frames and the daemon's decoding needs the core.
+        so.add_session_config_entry("session.force_spinning_stop", "1" if options.spin_wait is None else "0")
         # Inter-op parallelism only helps graphs with parallel branches; one thread keeps the worker
         # from competing with decode and encode threads on small machines.
         so.inter_op_num_threads = 1
@@ -54,12 +59,19 @@ class OnnxRuntimeEngine(Engine):
         if len(self._inputs) != 1:
             raise EngineError(f"{self.model_path} has {len(self._inputs)} inputs; perceptd runs single-input image models")
         self._input_name = self._inputs[0].name
-        log.info("onnxruntime %s: %s providers=%s threads=%s", ort.__version__, self.model_path.name,
-                 ",".join(self.providers), f"{self.threads}{'' if options.threads else ' (all cores)'}")
+        log.info("onnxruntime %s: %s providers=%s threads=%s spin_wait=%s", ort.__version__, self.model_path.name,
+                 ",".join(self.providers), f"{self.threads}{'' if options.threads else ' (all cores)'}",
+                 self.spin_wait)
 
     @property
     def device(self) -> str:
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+
+    def describe(self) -> dict:
+        d = super().describe()
+        if self.device == "cpu":
+            d["spin_wait"] = self.spin_wait
+        return d
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         return self._session.run(self._output_names, {self._input_name: batch})

@@ -37,3 +37,32 @@ def test_onnxruntime_threads_when_auto_then_every_usable_core(cores, cache_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got == {"0": cores, "3": 3}
+
+
+SPIN_PROBE = """
+import json, sys
+from engines.base import EngineOptions, create_engine
+from engines.zoo import materialise
+from pipeline.settings import load_settings
+from pipeline.spec import build_worker_spec
+model = materialise("retinaface", sys.argv[1])
+out = {}
+for value in ("auto", True, False):
+    settings = load_settings(None, {"engine.spin_wait": value, "engine.cache_dir": sys.argv[1]})
+    spec, _ = build_worker_spec(settings, (144, 176))
+    with create_engine("onnxruntime", model, spec.options) as e:
+        so = e._session.get_session_options()
+        out[str(value)] = [e.describe()["spin_wait"], so.get_session_config_entry("session.intra_op.allow_spinning"),
+                           so.get_session_config_entry("session.force_spinning_stop")]
+print(json.dumps(out))
+"""
+
+
+def test_onnxruntime_spin_wait_when_configured_then_session_spins_as_asked(cache_dir):
+    """engine.spin_wait reaches ONNX Runtime's session: auto spins only while a run is under way (stopped as
+    soon as it returns), true keeps ONNX Runtime's default (spinning on after runs), false never spins."""
+    proc = subprocess.run([sys.executable, "-c", SPIN_PROBE, str(cache_dir)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"auto": ["auto", "1", "1"], "True": ["on", "1", "0"], "False": ["off", "0", "0"]}
