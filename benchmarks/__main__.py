@@ -25,7 +25,7 @@ from pathlib import Path
 from benchmarks.stats import spread
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("decode", "engine", "plain", "pipeline", "live", "sources", "memory")
+SECTIONS = ("decode", "engine", "plain", "pipeline", "live", "sources", "memory", "yolo")
 # --quick: the whole suite in well under a minute on two cores; the numbers are indicative only.
 QUICK = {"duration": 1.5, "warmup": 0.5, "repeats": 1, "soak": 10.0}
 FULL = {"duration": 20.0, "warmup": 3.0, "repeats": 3, "soak": 600.0}
@@ -53,6 +53,10 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
                     help="any other setting for every run, dotted as in the config (pipeline.queue_size=2); repeatable")
     ap.add_argument("--soak", type=float,
                     help=f"memory run seconds (default {FULL['soak']:g}, quick {QUICK['soak']:g})")
+    ap.add_argument("--yolo-clip", default="sample:bigbuckbunny", help="the YOLO section's clip (benchmarks/yolo.py)")
+    ap.add_argument("--yolo-size", default="768x576", help="WxH the YOLO clip is written at (vtest.avi's), or 'source'")
+    ap.add_argument("--yolo-sources", default="", metavar="N,N",
+                    help="camera counts for YOLO's many-sources runs, e.g. 1,4,8 (default: none; a few minutes each)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--out", type=Path, help="output directory (default benchmarks/results/<date>-<backend>)")
     return ap
@@ -118,7 +122,7 @@ def log(message: str) -> None:
     print(f"[{time.monotonic() - _T0:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
-def measure(cfg, sections: set[str], source_counts: list[int], soak_s: float) -> dict:
+def measure(cfg, sections: set[str], source_counts: list[int], soak_s: float, yolo_args=None) -> dict:
     from benchmarks import measure as m
     from benchmarks import memory
     from benchmarks import pipeline_runs as pr
@@ -166,6 +170,10 @@ def measure(cfg, sections: set[str], source_counts: list[int], soak_s: float) ->
             unpaced = res["pipeline"] if n == 1 and "pipeline" in res else repeated(
                 f"{n} source(s) unpaced", r, lambda i, n=n: pr.unpaced(cfg, n, f"unpaced{n}-{i}"))
             res["sources"][str(n)] = {"paced": paced, "unpaced": unpaced}
+    if "yolo" in sections:
+        from benchmarks import yolo
+
+        res["yolo"] = yolo.run(cfg, *yolo_args)
     if "memory" in sections:
         log(f"memory soak: {soak_s:.0f} s unpaced")
         on_gpu = res.get("engine", {}).get("device", cfg.device) != "cpu"
@@ -245,8 +253,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         sections.add("engine")  # the live loads are fractions of the engine's measured capacity
     try:
         counts = [int(n) for n in args.sources.split(",") if n.strip()]
+        yolo_counts = [int(n) for n in args.yolo_sources.split(",") if n.strip()]
     except ValueError:
-        print(f"{prog}: error: --sources: give counts like 1,2,4,8 (got {args.sources!r})", file=sys.stderr)
+        print(f"{prog}: error: --sources, --yolo-sources: give counts like 1,2,4,8 (got {args.sources!r}, "
+              f"{args.yolo_sources!r})", file=sys.stderr)
+        return 2
+    try:
+        yolo_size = None if args.yolo_size == "source" else tuple(int(v) for v in args.yolo_size.split("x"))
+        assert yolo_size is None or (len(yolo_size) == 2 and min(yolo_size) >= 16)
+    except (ValueError, AssertionError):
+        print(f"{prog}: error: --yolo-size: give WxH like 768x576, or source (got {args.yolo_size!r})",
+              file=sys.stderr)
         return 2
     started = datetime.now(timezone.utc)
     out = args.out or REPO / "benchmarks" / "results" / (
@@ -260,7 +277,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
             log(f"clip {cfg.clip.uri} {cfg.clip.width}x{cfg.clip.height} @ {cfg.clip.fps:.2f} fps; model {cfg.model} "
                 f"on {cfg.backend}/{cfg.device}; {cfg.repeats} x {cfg.duration_s:g} s runs")
             soak_s = args.soak if args.soak is not None else (QUICK if args.quick else FULL)["soak"]
-            res = measure(cfg, sections, counts, soak_s)
+            res = measure(cfg, sections, counts, soak_s, (yolo_counts, args.yolo_clip, yolo_size))
     except (UserError, EngineError) as exc:  # a bad clip or model, a backend this machine cannot run
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -273,7 +290,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
                         "batch": cfg.batch, "threads": cfg.threads,
                         "input_size": res.get("engine", {}).get("input_size"),
                         "duration_s": cfg.duration_s, "warmup_s": cfg.warmup_s, "repeats": cfg.repeats,
-                        "sources": counts, "soak_s": soak_s, "quick": args.quick, "sections": sorted(sections),
+                        "sources": counts, "yolo_sources": yolo_counts, "soak_s": soak_s, "quick": args.quick,
+                        "sections": sorted(sections),
                         "set": dict(cfg.extra)},
            "results": res, "ratios": rat, "targets": targets(res, rat)}
     paths = report.write(doc, out)
