@@ -72,7 +72,8 @@ def build_worker_spec(settings: Settings, source_hw: tuple[int, int]) -> tuple[W
                               tensorrt=TensorRTOptions.from_settings(s.engine)),
         batch_timeout_s=s.pipeline.batch_timeout_ms / 1000.0,
         log_level=logging.getLogger().getEffectiveLevel(),
-        source_hw=source_hw, mean=m.mean, std=m.std, resize=m.resize, metadata=model.metadata, masked=remembered())
+        source_hw=source_hw, mean=m.mean, std=m.std, resize=m.resize, metadata=model.metadata, masked=remembered(),
+        nice=s.engine.worker_nice)
     if s.engine.precision == "int8":  # TensorRT calibrates on images preprocessed as the worker's frames are
         trt = dataclasses.replace(spec.options.tensorrt, calibration_preprocess=calibration_preprocess(spec))
         spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, tensorrt=trt))

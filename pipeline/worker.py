@@ -57,6 +57,7 @@ class WorkerSpec:
     metadata: tuple[tuple[str, str], ...] = ()
     # Values that came from ${VAR} in the config: masked in the worker's log lines as in the daemon's.
     masked: tuple[str, ...] = ()
+    nice: int = 5  # added to the daemon's nice value (engine.worker_nice; WORKER_NICE says why)
 
 
 def guess_family(outputs: list[TensorInfo]) -> str | None:
@@ -193,6 +194,8 @@ class _Runner:
 # The daemon's decoding, drawing and publishing come before inference when they compete for a core: a
 # starved reader loses camera frames and delays every result, while inference just runs a little later.
 # With this, the runtime can take every core and still leave the daemon what it needs (benchmarks/README).
+# The default of engine.worker_nice. It also puts the worker behind every other process of the machine at
+# the normal priority: on a shared machine, 0 lets it compete with them as an equal.
 WORKER_NICE = 5
 
 
@@ -210,7 +213,8 @@ def worker_main(spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue) -> None:
     for handler in logging.getLogger().handlers:
         handler.setFormatter(RedactingFormatter(fmt))
     parent = os.getppid()
-    lower_priority(WORKER_NICE, "inference worker")
+    if spec.nice:
+        lower_priority(spec.nice, "inference worker")
     set_progress_hook(lambda what: outq.put(("progress", what)))
     try:
         runner = _Runner(spec)
