@@ -118,7 +118,8 @@ def bare_engine(model: Path, x: np.ndarray, warmup_s: float, duration_s: float) 
 
 
 def worker_engine(runner, x: np.ndarray, warmup_s: float, duration_s: float) -> dict:
-    """The session the worker runs (engine.* settings: spin_wait, threads)."""
+    """The session the worker runs (engine.* settings: spin_wait, threads), busy as in a tight loop."""
+    runner.engine.set_busy(True)
     n, seconds, calls = _timed(lambda: runner.engine.infer(x), warmup_s, duration_s)
     return {"fps": n * len(x) / seconds, "latency_ms": percentiles(calls)}
 

@@ -50,11 +50,10 @@ class EngineOptions:
     input_hw: tuple[int, int] | None = None
     cache_dir: str | None = None  # built engines (TensorRT); None: the default cache directory
     tensorrt: "TensorRTOptions | None" = None  # engines.build.TensorRTOptions; None: its defaults
-    # ONNX Runtime's intra-op threads spin-wait instead of sleeping between operators. None (auto): they
-    # spin while a batch runs and stop the moment it returns, so a busy worker gets the speed of spinning
-    # (about 10% on YOLO11n, 2 cores: benchmarks/README.md) and an idle or waiting one burns no core that
-    # decoding needs. True: ONNX Runtime's own default, spinning on after each run too (the plain loop's
-    # setting, as a hand-written loop gets it). False: never (lowest CPU, slowest calls).
+    # ONNX Runtime's intra-op threads spin-wait instead of sleeping between operators. None (auto): only
+    # while the worker is the bottleneck and spinning measures faster (engines/spin.py), and never after a
+    # run returns. True: ONNX Runtime's own default, spinning on after each run too (the plain loop's
+    # setting, as a hand-written loop gets it). False: never.
     spin_wait: bool | None = None
 
 
@@ -109,6 +108,10 @@ class Engine(ABC):
     @property
     def device(self) -> str:
         return self.options.device
+
+    def set_busy(self, busy: bool) -> None:
+        """The worker's hint before a call: True when the next batch is already waiting (the worker is the
+        bottleneck). A backend may trade CPU for speed while it holds (ONNX Runtime's spin_wait auto)."""
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:

@@ -102,8 +102,8 @@ class EngineSettings(Strict):
                              "worker: decoding and publishing win a contended core (0: equal priority)")
     spin_wait: Literal["auto", True, False] = Field(
         "auto", description="ONNX Runtime on CPU: inference threads spin-wait between operators instead of "
-        "sleeping. auto: while a batch runs, stopping as soon as it ends; true: also after each run "
-        "(ONNX Runtime's default); false: never")
+        "sleeping. auto: only while the worker is the bottleneck and spinning measures faster, never after a "
+        "run; true: always, also after each run (ONNX Runtime's default); false: never")
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when the backend can "
                                                    "use one (onnxruntime-gpu's CUDA provider, torch with CUDA)")
