@@ -235,7 +235,8 @@ def targets(res: dict, rat: dict) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m benchmarks", shown: list[str] | None = None) -> int:
+    """`shown`: the arguments to record as the command, when a wrapper (benchmarks.yolo) translated them."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
@@ -267,7 +268,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         return 2
     started = datetime.now(timezone.utc)
     out = args.out or REPO / "benchmarks" / "results" / (
-        f"{started:%Y%m%d-%H%M}-{args.backend}{'-' + args.device if args.device != 'auto' else ''}"
+        f"{started:%Y%m%d-%H%M}-{'yolo' if sections == {'yolo'} else args.backend}"
+        f"{'-' + args.device if args.device != 'auto' else ''}"
         f"{'-quick' if args.quick else ''}")
     from benchmarks import machine, report
 
@@ -282,7 +284,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     rat = ratios(res)
-    doc = {"command": " ".join([prog, *map(shlex.quote, argv)]), "started": started.isoformat(timespec="seconds"),
+    doc = {"command": " ".join([prog, *map(shlex.quote, argv if shown is None else shown)]), "started": started.isoformat(timespec="seconds"),
            "elapsed_s": round(time.monotonic() - _T0, 1), "machine": machine.describe(),
            "settings": {"clip": {"uri": cfg.clip.uri, "width": cfg.clip.width, "height": cfg.clip.height,
                                  "fps": cfg.clip.fps, "frames": cfg.clip.frames},

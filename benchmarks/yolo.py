@@ -301,22 +301,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--clip", default="sample:bigbuckbunny", help="any video; written at --size as MPEG-4")
     ap.add_argument("--size", default="768x576", help="WxH the clip is written at (vtest.avi's), or 'source'")
-    ap.add_argument("--duration", type=float)
-    ap.add_argument("--warmup", type=float)
-    ap.add_argument("--repeats", type=int)
+    ap.add_argument("--duration", type=float, help="timed seconds per run (default 8, quick 1.5)")
+    ap.add_argument("--warmup", type=float, help="untimed seconds before each run (default 2, quick 0.5)")
+    ap.add_argument("--repeats", type=int, help="rounds (default 3, quick 1)")
     ap.add_argument("--batch", type=int, default=4, help="engine.max_batch for the many-sources runs")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--sources", default="1,4,8", help="camera counts ('' to skip)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    if not args.quick:  # a few minutes in all: shorter runs than the RetinaFace suite's, as many rounds
+        args.duration = 8.0 if args.duration is None else args.duration
+        args.warmup = 2.0 if args.warmup is None else args.warmup
     return bench.main(["--only", "yolo", "--yolo-sources", args.sources, "--yolo-size", args.size,
                        "--clip", args.clip, "--batch", str(args.batch), "--threads", str(args.threads),
                        *(["--quick"] if args.quick else []),
                        *(x for k in ("duration", "warmup", "repeats") if getattr(args, k) is not None
                          for x in (f"--{k}", str(getattr(args, k)))),
                        *(x for kv in args.set for x in ("--set", kv)),
-                       *(["--out", str(args.out)] if args.out else [])], prog="python -m benchmarks.yolo")
+                       *(["--out", str(args.out)] if args.out else [])], prog="python -m benchmarks.yolo",
+                      shown=sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
