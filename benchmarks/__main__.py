@@ -229,6 +229,11 @@ def targets(res: dict, rat: dict) -> dict:
             0.1 * _median(live, "latency_ms", "total", "p99"), growth, False)
         add("live_200_drops_counted", "frames neither processed nor counted as dropped ==", 0,
             _median(live, "unaccounted"), False)
+    yolo = res.get("yolo", {}).get("compare", {}).get("ratios", {})
+    add("yolo_vs_engine", "YOLO: perceptd fps / ONNX Runtime alone (default session options) >=", 0.95,
+        yolo.get("perceptd/engine_only"), True)
+    add("yolo_vs_ultralytics", "YOLO: perceptd fps / Ultralytics predict(stream=True) >=", 1.0,
+        yolo.get("perceptd/ultralytics"), True)
     mem = res.get("memory")
     if mem:
         add("rss_growth", "RSS growth (daemon + worker) per 10 min, MB <", 5.0, mem["rss_mb_per_10min"], False)

@@ -85,6 +85,7 @@ def markdown(doc: dict) -> str:
     gpus = ", ".join(g.get("name", "?") for g in mach.get("gpu", [])) or "none"
     eng = res.get("engine") or res.get("pipeline", {}).get("worker", {})  # what ran, as the worker says
     size = eng.get("input_size") or s.get("input_size")
+    yolo_only = s.get("sections") == ["yolo"]
     lines = [
         f"# perceptd benchmark, {doc['started']}", "",
         f"Command: `{doc['command']}` ({doc.get('elapsed_s', 0):.0f} s)", "",
@@ -94,6 +95,7 @@ def markdown(doc: dict) -> str:
         f"{v.get('opencv-python') or v.get('opencv-python-headless')}, onnxruntime "
         f"{v.get('onnxruntime') or v.get('onnxruntime-gpu')}, torch {v.get('torch', '–')}, "
         f"TensorRT {v.get('tensorrt', '–')}, perceptd {v.get('perceptd')} ({v.get('git')})",
+        "- The YOLO section only: its model and clip are described there" if yolo_only else
         f"- Clip {s['clip']['uri']} {s['clip']['width']}x{s['clip']['height']} @ {s['clip']['fps']:.2f} fps; "
         f"model {s['model']}" + (f" input {size[0]}x{size[1]} (HxW)" if size else "") + "; "
         f"engine {eng.get('backend', s['backend'])} on {eng.get('device', s['device'])} "
