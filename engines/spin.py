@@ -1,54 +1,81 @@
 """When CPU inference threads should spin-wait: `engine.spin_wait: auto`.
 
-Spinning between operators (instead of sleeping and being woken for each) makes YOLO11n's ~300 small
-operators about 10% faster on two idle cores. On cores that are oversubscribed it is the opposite: a thread
-spins through its time slice waiting for one the scheduler has put aside, and a call took 3-4x longer on this
-project's 2-core machine at load 6 (benchmarks/README.md). And while the worker waits for frames, a spinning
-thread only takes a core from the daemon's decoding.
+Spinning between operators (instead of sleeping and being woken for each) made YOLO11n's calls about 10%
+faster on two lightly loaded cores. On oversubscribed cores it is the opposite: a thread spins through its
+time slice waiting for one the scheduler has put aside, and calls took 3-4x longer on this project's 2-core
+machine at load 6 (README, Benchmarks). And while the worker waits for frames, a spinning thread only takes
+a core from the daemon's decoding.
 
 So the engine holds a spinning and a sleeping session of the same model, and this chooser picks one per
-call: the sleeping one unless the worker is the bottleneck (its next batch is already waiting); then the
-one whose recent calls were faster per frame, trying the other every PROBE_EVERY busy calls so that a
-change in the machine's load is noticed.
+call: the sleeping one unless the worker is the bottleneck (its next batch is already waiting); then
+spinning only while its recent calls were clearly faster per frame (MARGIN: spinning also takes CPU the
+daemon could use, which the worker's own timing does not see). The other mode is tried now and then, a few
+calls in a row, so that a change in the machine's load is noticed; a try that loses doubles the interval to
+the next one, so that a mode several times slower costs little.
 """
 
 from __future__ import annotations
 
-PROBE_EVERY = 50  # busy calls between tries of the mode not in use: a wrong try costs one call in 50
-ALPHA = 0.3  # weight of the newest call in each mode's moving average
+import statistics
+from collections import deque
+
+WINDOW = 9  # recent calls per mode, compared by their median: one stalled call does not flip the choice
+MARGIN = 0.95  # spinning is chosen when its median per frame is below this fraction of sleeping's
+PROBE_CALLS = 3  # calls per try of the other mode
+PROBE_FIRST, PROBE_MAX = 50, 800  # busy calls between tries: after a won try, and at most after lost ones
 
 
 class SpinChooser:
     def __init__(self) -> None:
-        self.per_frame_s: dict[bool, float | None] = {True: None, False: None}  # moving average per mode
-        self._busy_calls = 0
-        self._calls = {True: 0, False: 0}
-        self._probe = False
+        self.recent: dict[bool, deque] = {True: deque(maxlen=WINDOW), False: deque(maxlen=WINDOW)}
+        self.spinning = False  # the preferred mode while busy
+        self.interval = PROBE_FIRST
+        self._since = 0  # busy calls since the last try
+        self._probe: bool | None = None  # the mode being tried
+        self._probe_left = 0
+        self._warm = {True: False, False: False}
 
     def choose(self, busy: bool) -> bool:
         """True: run this call on the spinning session."""
         if not busy:
             return False
-        self._busy_calls += 1
-        spin, sleep = self.per_frame_s[True], self.per_frame_s[False]
-        if spin is None or sleep is None:
-            return spin is None  # each mode measured once before any comparison
-        best = spin <= sleep
-        self._probe = self._busy_calls % PROBE_EVERY == 0
-        return (not best) if self._probe else best
+        if self._probe_left:
+            return self._probe
+        for mode in (True, False):
+            if not self.recent[mode]:
+                self._start_probe(mode)  # each mode measured before any comparison
+                return mode
+        self._since += 1
+        if self._since >= self.interval:
+            self._start_probe(not self.spinning)
+            return self._probe
+        return self.spinning
+
+    def _start_probe(self, mode: bool) -> None:
+        self._probe, self._probe_left, self._since = mode, PROBE_CALLS, 0
 
     def record(self, spin: bool, seconds: float, frames: int) -> None:
-        self._calls[spin] += 1
-        if self._calls[spin] == 1:
+        if not self._warm[spin]:
+            self._warm[spin] = True
             return  # a session's first run allocates and picks kernels: not what it costs
-        x = seconds / max(frames, 1)
-        old = self.per_frame_s[spin]
-        # A probe's figure replaces the mode's old one, made under another load: if it says the mode is now
-        # the faster, the next calls use it and correct the figure within a few calls either way.
-        self.per_frame_s[spin] = x if old is None or self._probe else old + ALPHA * (x - old)
-        self._probe = False
+        probing = self._probe_left > 0 and spin == self._probe
+        if probing and self._probe_left == PROBE_CALLS:
+            self.recent[spin].clear()  # its old figures were made under another load
+        self.recent[spin].append(seconds / max(frames, 1))
+        if not probing:
+            self._decide()
+            return
+        self._probe_left -= 1
+        if self._probe_left == 0:
+            before = self.spinning
+            self._decide()
+            won = self.spinning != before
+            self.interval = PROBE_FIRST if won else min(2 * self.interval, PROBE_MAX)
+
+    def _decide(self) -> None:
+        if self.recent[True] and self.recent[False]:
+            self.spinning = statistics.median(self.recent[True]) < MARGIN * statistics.median(self.recent[False])
 
     def describe(self) -> dict:
-        return {mode: (None if v is None else round(v * 1000, 2))
-                for mode, v in (("spin_ms_per_frame", self.per_frame_s[True]),
-                                ("sleep_ms_per_frame", self.per_frame_s[False]))}
+        med = {m: round(1000 * statistics.median(v), 2) if v else None for m, v in self.recent.items()}
+        return {"spin_ms_per_frame": med[True], "sleep_ms_per_frame": med[False], "spinning": self.spinning}
