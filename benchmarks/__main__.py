@@ -6,8 +6,8 @@
 
 (also `perceptd bench ...` from a checkout). Measures, on the same clip, model, backend and threads:
 decode only, engine only (batch 1 and the max batch), a plain serial loop, the pipeline unpaced, the
-pipeline under a live source at 50% and 200% of the engine's capacity, N sources at once, and memory
-through a long run. Writes results.json, results.md and results.png into --out; see benchmarks/README.md.
+pipeline under a live source at 50% and 200% of the engine's capacity, N sources at once, memory
+through a long run, and YOLO11n against the bare engine and Ultralytics (benchmarks/yolo.py). Writes results.json, results.md and results.png into --out; see benchmarks/README.md.
 """
 
 from __future__ import annotations

@@ -198,7 +198,10 @@ def yolo_lines(y: dict | None) -> list[str]:
                        for k, v in ms["engine_batched"].items())
         lines += ["", "### YOLO, many cameras", "",
                   "Each camera: the clip served over HTTP as MJPEG at its frame rate (benchmarks/mjpeg_server.py); "
-                  f"dynamic-batch export. Engine alone: {eb}.", "",
+                  "dynamic-shape export, input "
+                  + ("x".join(map(str, ms["input_size"])) + " (HxW: the rectangular input Ultralytics' predictor "
+                     "gives such a model, perceptd given the same model.input_size)" if ms.get("input_size") else
+                     "640x640") + f". Engine alone: {eb}.", "",
                   "| cameras | offered fps | perceptd processed fps | dropped | batch | p50 / p99 ms | "
                   "CPU cores daemon / worker | Ultralytics streams fps |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for n, row in ms["sources"].items():

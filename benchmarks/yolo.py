@@ -222,6 +222,12 @@ def ratios(res: dict) -> dict:
     return {key: fps(a) / fps(b) if fps(a) and fps(b) else None for key, a, b in RATIOS}
 
 
+def rect_hw(h: int, w: int, imgsz: int = 640, stride: int = 32) -> tuple[int, int]:
+    """The input Ultralytics' predictor gives a dynamic-shape model for an h x w frame."""
+    r = imgsz / max(h, w)
+    return tuple(-(-round(d * r) // stride) * stride for d in (h, w))
+
+
 def many_sources(base, model: Path, clip, counts: list[int], peer: bool) -> dict:
     """N cameras (the clip over HTTP as MJPEG at its frame rate, benchmarks/mjpeg_server.py): perceptd's
     processed fps, batch sizes, p99 and drops, the engine's batched throughput, and Ultralytics' own
@@ -231,9 +237,12 @@ def many_sources(base, model: Path, clip, counts: list[int], peer: bool) -> dict
     from benchmarks.measure import load_runner, prepared_batch
     from benchmarks.mjpeg_server import MjpegServer
 
-    cfg = _cfg(base, model, clip, base.batch)
+    # With a dynamic export Ultralytics letterboxes to the nearest multiple of 32 (rectangular inference:
+    # 640x480 for a 768x576 camera, a quarter fewer pixels than 640x640); perceptd is given the same size.
+    hw = rect_hw(clip.height, clip.width)
+    cfg = _cfg(base, model, clip, base.batch, (("model.input_size", list(hw)),))
     runner = load_runner(cfg)
-    out: dict = {"engine_batched": {}, "sources": {}}
+    out: dict = {"engine_batched": {}, "sources": {}, "input_size": list(hw)}
     try:
         x = np.ascontiguousarray(prepared_batch(runner, cfg))
         for b in sorted({1, runner.max_batch}):
