@@ -6,8 +6,8 @@
 
 (also `perceptd bench ...` from a checkout). Measures, on the same clip, model, backend and threads:
 decode only, engine only (batch 1 and the max batch), a plain serial loop, the pipeline unpaced, the
-pipeline under a live source at 50% and 200% of the engine's capacity, N sources at once, and memory
-through a long run. Writes results.json, results.md and results.png into --out; see benchmarks/README.md.
+pipeline under a live source at 50% and 200% of the engine's capacity, N sources at once, memory
+through a long run, and YOLO11n against the bare engine and Ultralytics (benchmarks/yolo.py). Writes results.json, results.md and results.png into --out; see benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from benchmarks.stats import spread
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("decode", "engine", "plain", "pipeline", "live", "sources", "memory")
+SECTIONS = ("decode", "engine", "plain", "pipeline", "live", "sources", "memory", "yolo")
 # --quick: the whole suite in well under a minute on two cores; the numbers are indicative only.
 QUICK = {"duration": 1.5, "warmup": 0.5, "repeats": 1, "soak": 10.0}
 FULL = {"duration": 20.0, "warmup": 3.0, "repeats": 3, "soak": 600.0}
@@ -53,6 +53,10 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
                     help="any other setting for every run, dotted as in the config (pipeline.queue_size=2); repeatable")
     ap.add_argument("--soak", type=float,
                     help=f"memory run seconds (default {FULL['soak']:g}, quick {QUICK['soak']:g})")
+    ap.add_argument("--yolo-clip", default="sample:bigbuckbunny", help="the YOLO section's clip (benchmarks/yolo.py)")
+    ap.add_argument("--yolo-size", default="768x576", help="WxH the YOLO clip is written at (vtest.avi's), or 'source'")
+    ap.add_argument("--yolo-sources", default="", metavar="N,N",
+                    help="camera counts for YOLO's many-sources runs, e.g. 1,4,8 (default: none; a few minutes each)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--out", type=Path, help="output directory (default benchmarks/results/<date>-<backend>)")
     return ap
@@ -118,7 +122,7 @@ def log(message: str) -> None:
     print(f"[{time.monotonic() - _T0:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
-def measure(cfg, sections: set[str], source_counts: list[int], soak_s: float) -> dict:
+def measure(cfg, sections: set[str], source_counts: list[int], soak_s: float, yolo_args=None) -> dict:
     from benchmarks import measure as m
     from benchmarks import memory
     from benchmarks import pipeline_runs as pr
@@ -166,6 +170,10 @@ def measure(cfg, sections: set[str], source_counts: list[int], soak_s: float) ->
             unpaced = res["pipeline"] if n == 1 and "pipeline" in res else repeated(
                 f"{n} source(s) unpaced", r, lambda i, n=n: pr.unpaced(cfg, n, f"unpaced{n}-{i}"))
             res["sources"][str(n)] = {"paced": paced, "unpaced": unpaced}
+    if "yolo" in sections:
+        from benchmarks import yolo
+
+        res["yolo"] = yolo.run(cfg, *yolo_args)
     if "memory" in sections:
         log(f"memory soak: {soak_s:.0f} s unpaced")
         on_gpu = res.get("engine", {}).get("device", cfg.device) != "cpu"
@@ -221,13 +229,19 @@ def targets(res: dict, rat: dict) -> dict:
             0.1 * _median(live, "latency_ms", "total", "p99"), growth, False)
         add("live_200_drops_counted", "frames neither processed nor counted as dropped ==", 0,
             _median(live, "unaccounted"), False)
+    yolo = res.get("yolo", {}).get("compare", {}).get("ratios", {})
+    add("yolo_vs_engine", "YOLO: perceptd fps / ONNX Runtime alone (default session options) >=", 0.95,
+        yolo.get("perceptd/engine_only"), True)
+    add("yolo_vs_ultralytics", "YOLO: perceptd fps / Ultralytics predict(stream=True) >=", 1.0,
+        yolo.get("perceptd/ultralytics"), True)
     mem = res.get("memory")
     if mem:
         add("rss_growth", "RSS growth (daemon + worker) per 10 min, MB <", 5.0, mem["rss_mb_per_10min"], False)
     return out
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m benchmarks", shown: list[str] | None = None) -> int:
+    """`shown`: the arguments to record as the command, when a wrapper (benchmarks.yolo) translated them."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
@@ -245,12 +259,22 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         sections.add("engine")  # the live loads are fractions of the engine's measured capacity
     try:
         counts = [int(n) for n in args.sources.split(",") if n.strip()]
+        yolo_counts = [int(n) for n in args.yolo_sources.split(",") if n.strip()]
     except ValueError:
-        print(f"{prog}: error: --sources: give counts like 1,2,4,8 (got {args.sources!r})", file=sys.stderr)
+        print(f"{prog}: error: --sources, --yolo-sources: give counts like 1,2,4,8 (got {args.sources!r}, "
+              f"{args.yolo_sources!r})", file=sys.stderr)
+        return 2
+    try:
+        yolo_size = None if args.yolo_size == "source" else tuple(int(v) for v in args.yolo_size.split("x"))
+        assert yolo_size is None or (len(yolo_size) == 2 and min(yolo_size) >= 16)
+    except (ValueError, AssertionError):
+        print(f"{prog}: error: --yolo-size: give WxH like 768x576, or source (got {args.yolo_size!r})",
+              file=sys.stderr)
         return 2
     started = datetime.now(timezone.utc)
     out = args.out or REPO / "benchmarks" / "results" / (
-        f"{started:%Y%m%d-%H%M}-{args.backend}{'-' + args.device if args.device != 'auto' else ''}"
+        f"{started:%Y%m%d-%H%M}-{'yolo' if sections == {'yolo'} else args.backend}"
+        f"{'-' + args.device if args.device != 'auto' else ''}"
         f"{'-quick' if args.quick else ''}")
     from benchmarks import machine, report
 
@@ -260,12 +284,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
             log(f"clip {cfg.clip.uri} {cfg.clip.width}x{cfg.clip.height} @ {cfg.clip.fps:.2f} fps; model {cfg.model} "
                 f"on {cfg.backend}/{cfg.device}; {cfg.repeats} x {cfg.duration_s:g} s runs")
             soak_s = args.soak if args.soak is not None else (QUICK if args.quick else FULL)["soak"]
-            res = measure(cfg, sections, counts, soak_s)
+            res = measure(cfg, sections, counts, soak_s, (yolo_counts, args.yolo_clip, yolo_size))
     except (UserError, EngineError) as exc:  # a bad clip or model, a backend this machine cannot run
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     rat = ratios(res)
-    doc = {"command": " ".join([prog, *map(shlex.quote, argv)]), "started": started.isoformat(timespec="seconds"),
+    doc = {"command": " ".join([prog, *map(shlex.quote, argv if shown is None else shown)]), "started": started.isoformat(timespec="seconds"),
            "elapsed_s": round(time.monotonic() - _T0, 1), "machine": machine.describe(),
            "settings": {"clip": {"uri": cfg.clip.uri, "width": cfg.clip.width, "height": cfg.clip.height,
                                  "fps": cfg.clip.fps, "frames": cfg.clip.frames},
@@ -273,7 +297,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
                         "batch": cfg.batch, "threads": cfg.threads,
                         "input_size": res.get("engine", {}).get("input_size"),
                         "duration_s": cfg.duration_s, "warmup_s": cfg.warmup_s, "repeats": cfg.repeats,
-                        "sources": counts, "soak_s": soak_s, "quick": args.quick, "sections": sorted(sections),
+                        "sources": counts, "yolo_sources": yolo_counts, "soak_s": soak_s, "quick": args.quick,
+                        "sections": sorted(sections),
                         "set": dict(cfg.extra)},
            "results": res, "ratios": rat, "targets": targets(res, rat)}
     paths = report.write(doc, out)

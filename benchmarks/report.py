@@ -85,6 +85,7 @@ def markdown(doc: dict) -> str:
     gpus = ", ".join(g.get("name", "?") for g in mach.get("gpu", [])) or "none"
     eng = res.get("engine") or res.get("pipeline", {}).get("worker", {})  # what ran, as the worker says
     size = eng.get("input_size") or s.get("input_size")
+    yolo_only = s.get("sections") == ["yolo"]
     lines = [
         f"# perceptd benchmark, {doc['started']}", "",
         f"Command: `{doc['command']}` ({doc.get('elapsed_s', 0):.0f} s)", "",
@@ -94,12 +95,13 @@ def markdown(doc: dict) -> str:
         f"{v.get('opencv-python') or v.get('opencv-python-headless')}, onnxruntime "
         f"{v.get('onnxruntime') or v.get('onnxruntime-gpu')}, torch {v.get('torch', '–')}, "
         f"TensorRT {v.get('tensorrt', '–')}, perceptd {v.get('perceptd')} ({v.get('git')})",
+        "- The YOLO section only: its model and clip are described there" if yolo_only else
         f"- Clip {s['clip']['uri']} {s['clip']['width']}x{s['clip']['height']} @ {s['clip']['fps']:.2f} fps; "
         f"model {s['model']}" + (f" input {size[0]}x{size[1]} (HxW)" if size else "") + "; "
         f"engine {eng.get('backend', s['backend'])} on {eng.get('device', s['device'])} "
         f"{eng.get('precision', s['precision'])}, max batch {eng.get('max_batch', s['batch'])}, "
         f"threads {eng.get('threads') or s['threads'] or 'all'}"
-        + (" (the worker without spin-waiting, the plain loop with ONNX Runtime's default spin-waiting)"
+        + (" (the worker spin-waiting as engine.spin_wait says, the plain loop with ONNX Runtime's default)"
            if eng.get("backend", s["backend"]) == "onnxruntime" else "")
         + (f"; settings {s['set']}" if s.get("set") else ""),
         f"- Each measurement: {s['warmup_s']:g} s warm-up, {s['duration_s']:g} s timed, {s['repeats']} repeat(s); "
@@ -133,6 +135,7 @@ def markdown(doc: dict) -> str:
         lines += ["", "`other`: the part of the total no stage names: the worker waiting for a batch to fill "
                   "(pipeline.batch_timeout_ms), batch-mates' pre/postprocessing, the result's trip back, the sink's "
                   "queue."]
+    lines += yolo_lines(res.get("yolo"))
     mem = res.get("memory")
     if mem:
         end = mem.get("rss_mb_end", {})
@@ -151,6 +154,64 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {t['what']} | {_f(t['target'], 2)} | {_f(t['measured'], 2)} | "
                          f"{'met' if t['met'] else '**missed**'} | {t['margin']:+.2f} |")
     return "\n".join(lines) + "\n"
+
+
+YOLO_ROWS = (("engine_default", "ONNX Runtime alone, default session options, one preprocessed frame"),
+             ("engine_worker", "ONNX Runtime alone, the worker's session (engine.spin_wait)"),
+             ("plain_loop", "plain serial loop: read, preprocess, run, postprocess"),
+             ("ultralytics", "Ultralytics predict(stream=True), same ONNX"),
+             ("perceptd", "perceptd pipeline (defaults)"),
+             ("perceptd_spin_off", "perceptd pipeline, engine.spin_wait: false (the old default)"))
+
+
+def yolo_lines(y: dict | None) -> list[str]:
+    if not y:
+        return []
+    if "skipped" in y:
+        return ["", "## YOLO", "", f"Skipped: {y['skipped']}."]
+    c, clip = y["compare"], y["clip"]
+    eng = c.get("engine", {})
+    lines = ["", "## YOLO", "",
+             f"{y['model']} ({eng.get('family', 'yolo')}, input {'x'.join(map(str, eng.get('input_size', [])))}, "
+             f"threads {eng.get('threads', '?')}, spin_wait {eng.get('spin_wait', '–')}) on {clip['source']} "
+             f"written at {clip['width']}x{clip['height']} (MPEG-4), video off; every configuration once per round, "
+             "rounds repeated; median (min–max), load average (1 min) at the end of each run.", "",
+             "| configuration | fps (median) | min–max | vs the bare engine | CPU cores daemon / worker | load |",
+             "|---|---:|---:|---:|---:|---|"]
+    base = _m(c.get("engine_default", {}), "fps")
+    for key, name in YOLO_ROWS:
+        r = c.get(key)
+        if not r:
+            continue
+        fps = _m(r, "fps")
+        cores = (f"{_f(_m(r, 'cpu_cores_main'), 2)} / {_f(_m(r, 'cpu_cores_worker'), 2)}"
+                 if "cpu_cores_main" in r else "–")
+        loads = ", ".join(f"{v:.1f}" for v in (r.get("load_1min", {}).get("values") or []))
+        lines.append(f"| {name} | {_f(fps)} | {_range(r['fps'])} | {_f(fps / base if fps and base else None, 2)} | "
+                     f"{cores} | {loads} |")
+    rat = {k: v for k, v in c.get("ratios", {}).items() if v is not None}
+    if rat:
+        lines += ["", "Ratios: " + "; ".join(f"{k} **{v:.2f}x**" for k, v in rat.items())]
+    ms = y.get("many_sources")
+    if ms:
+        eb = "; ".join(f"{k.replace('_', ' ')} {_f(v['fps'])} fps (p50 {_f(v['latency_ms'].get('p50'))} ms per call)"
+                       for k, v in ms["engine_batched"].items())
+        lines += ["", "### YOLO, many cameras", "",
+                  "Each camera: the clip served over HTTP as MJPEG at its frame rate (benchmarks/mjpeg_server.py); "
+                  "dynamic-shape export, input "
+                  + ("x".join(map(str, ms["input_size"])) + " (HxW: the rectangular input Ultralytics' predictor "
+                     "gives such a model, perceptd given the same model.input_size)" if ms.get("input_size") else
+                     "640x640") + f". Engine alone: {eb}.", "",
+                  "| cameras | offered fps | perceptd processed fps | dropped | batch | p50 / p99 ms | "
+                  "CPU cores daemon / worker | Ultralytics streams fps |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for n, row in ms["sources"].items():
+            p, u = row.get("perceptd", {}), row.get("ultralytics", {})
+            lat = p.get("latency_ms", {}).get("total", {})
+            lines.append(f"| {n} | {_f(row.get('offered_fps'))} | {_f(_m(p, 'fps'))} | "
+                         f"{_f(100 * (_m(p, 'drop_fraction') or 0))}% | {_f(_m(p, 'mean_batch'), 2)} | "
+                         f"{_f(_m(lat, 'p50'))} / {_f(_m(lat, 'p99'))} | "
+                         f"{_f(_m(p, 'cpu_cores_main'), 2)} / {_f(_m(p, 'cpu_cores_worker'), 2)} | {_f(_m(u, 'fps'))} |")
+    return lines
 
 
 # plot -----------------------------------------------------------------------------------------------------

@@ -50,10 +50,11 @@ class EngineOptions:
     input_hw: tuple[int, int] | None = None
     cache_dir: str | None = None  # built engines (TensorRT); None: the default cache directory
     tensorrt: "TensorRTOptions | None" = None  # engines.build.TensorRTOptions; None: its defaults
-    # ONNX Runtime's threads spin-wait between operators: a little lower latency when they own the machine,
-    # cores taken from decoding and encoding when they share it, as the worker always does. On for the
-    # benchmark's plain loop, which is ONNX Runtime as a hand-written loop gets it.
-    spin_wait: bool = False
+    # ONNX Runtime's intra-op threads spin-wait instead of sleeping between operators. None (auto): only
+    # while the worker is the bottleneck and spinning measures faster (engines/spin.py), and never after a
+    # run returns. True: ONNX Runtime's own default, spinning on after each run too (the plain loop's
+    # setting, as a hand-written loop gets it). False: never.
+    spin_wait: bool | None = None
 
 
 def usable_cores() -> int:
@@ -107,6 +108,10 @@ class Engine(ABC):
     @property
     def device(self) -> str:
         return self.options.device
+
+    def set_busy(self, busy: bool) -> None:
+        """The worker's hint before a call: True when the next batch is already waiting (the worker is the
+        bottleneck). A backend may trade CPU for speed while it holds (ONNX Runtime's spin_wait auto)."""
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:

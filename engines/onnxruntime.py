@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 
 from engines.base import Engine, EngineError, EngineOptions, TensorInfo, cpu_threads
+from engines.spin import SpinChooser
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +32,21 @@ class OnnxRuntimeEngine(Engine):
         super().__init__(model_path, options)
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.threads = cpu_threads(options.threads)
-        so.intra_op_num_threads = self.threads
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin_wait else "0")
-        # Inter-op parallelism only helps graphs with parallel branches; one thread keeps the worker
-        # from competing with decode and encode threads on small machines.
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         providers = ["CPUExecutionProvider"]
         cuda_here = "CUDAExecutionProvider" in ort.get_available_providers()
         if options.device.startswith("cuda") or (options.device == "auto" and cuda_here):
             providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self._session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own non-exported exception types
-            raise EngineError(f"ONNX Runtime cannot load {self.model_path}: {str(exc).splitlines()[0]}") from exc
+        self.spin_wait = {None: "auto", True: "on", False: "off"}[options.spin_wait]
+        # auto on a CPU with a thread pool: a spinning and a sleeping session of the model, picked per call by
+        # engines/spin.py (spin only while the worker is the bottleneck and spinning pays). A GPU run or one
+        # thread has nothing to spin for: one sleeping session.
+        both = options.spin_wait is None and providers[0] == "CPUExecutionProvider" and self.threads > 1
+        modes = (True, False) if both else (bool(options.spin_wait),)
+        self._sessions = {spin: self._load(ort, spin, providers) for spin in modes}
+        self._chooser = SpinChooser() if both else None
+        self._busy = False
+        self._session = self._sessions[modes[-1]]
         self.providers = self._session.get_providers()
         self._inputs = [_info(i) for i in self._session.get_inputs()]
         self._outputs = [_info(o) for o in self._session.get_outputs()]
@@ -54,17 +54,55 @@ class OnnxRuntimeEngine(Engine):
         if len(self._inputs) != 1:
             raise EngineError(f"{self.model_path} has {len(self._inputs)} inputs; perceptd runs single-input image models")
         self._input_name = self._inputs[0].name
-        log.info("onnxruntime %s: %s providers=%s threads=%s", ort.__version__, self.model_path.name,
-                 ",".join(self.providers), f"{self.threads}{'' if options.threads else ' (all cores)'}")
+        log.info("onnxruntime %s: %s providers=%s threads=%s spin_wait=%s", ort.__version__, self.model_path.name,
+                 ",".join(self.providers), f"{self.threads}{'' if options.threads else ' (all cores)'}",
+                 self.spin_wait)
+
+    def _load(self, ort, spin: bool, providers: list[str]):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = self.threads
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        # A spinning session of `auto` stops spinning the moment a run returns: between runs the worker pre/
+        # postprocesses or waits, and the daemon's decoding needs the core.
+        so.add_session_config_entry("session.force_spinning_stop", "1" if self.options.spin_wait is None else "0")
+        # Inter-op parallelism only helps graphs with parallel branches; one thread keeps the worker
+        # from competing with decode and encode threads on small machines.
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            return ort.InferenceSession(str(self.model_path), sess_options=so, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own non-exported exception types
+            raise EngineError(f"ONNX Runtime cannot load {self.model_path}: {str(exc).splitlines()[0]}") from exc
+
+    def set_busy(self, busy: bool) -> None:
+        self._busy = busy
 
     @property
     def device(self) -> str:
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
 
+    def describe(self) -> dict:
+        d = super().describe()
+        if self.device == "cpu":
+            d["spin_wait"] = self.spin_wait
+        return d
+
+    def spin_stats(self) -> dict:
+        """What `auto` measured: per-frame call time of each session (ms), None before its first call."""
+        return self._chooser.describe() if self._chooser else {}
+
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        return self._session.run(self._output_names, {self._input_name: batch})
+        if self._chooser is None:
+            return self._session.run(self._output_names, {self._input_name: batch})
+        spin = self._chooser.choose(self._busy)
+        t0 = time.perf_counter()
+        outputs = self._sessions[spin].run(self._output_names, {self._input_name: batch})
+        self._chooser.record(spin, time.perf_counter() - t0, len(batch))
+        return outputs
 
     def _close_impl(self) -> None:
+        self._sessions.clear()
         self._session = None
 
 

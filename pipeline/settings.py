@@ -98,6 +98,12 @@ class EngineSettings(Strict):
                          "(TensorRT on a GPU, else ONNX Runtime CUDA, else torch CUDA, else ONNX Runtime CPU)")
     max_batch: int = Field(4, ge=1, le=64, description="Most frames per inference call, across sources")
     threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = every usable core")
+    worker_nice: int = Field(5, ge=0, le=19, description="Added to the daemon's nice value for the inference "
+                             "worker: decoding and publishing win a contended core (0: equal priority)")
+    spin_wait: Literal["auto", True, False] = Field(
+        "auto", description="ONNX Runtime on CPU: inference threads spin-wait between operators instead of "
+        "sleeping. auto: only while the worker is the bottleneck and spinning measures faster, never after a "
+        "run; true: always, also after each run (ONNX Runtime's default); false: never")
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when the backend can "
                                                    "use one (onnxruntime-gpu's CUDA provider, torch with CUDA)")

@@ -67,12 +67,13 @@ def build_worker_spec(settings: Settings, source_hw: tuple[int, int]) -> tuple[W
         backend=s.engine.backend,
         options=EngineOptions(max_batch=s.engine.max_batch, threads=s.engine.threads, precision=s.engine.precision,
                               device=s.engine.device,
+                              spin_wait=None if s.engine.spin_wait == "auto" else s.engine.spin_wait,
                               input_hw=model.input_size, cache_dir=str(s.engine.cache_dir),
                               tensorrt=TensorRTOptions.from_settings(s.engine)),
         batch_timeout_s=s.pipeline.batch_timeout_ms / 1000.0,
         log_level=logging.getLogger().getEffectiveLevel(),
         source_hw=source_hw, mean=m.mean, std=m.std, resize=m.resize, metadata=model.metadata, masked=remembered(),
-        saliency=saliency_spec(s))
+        saliency=saliency_spec(s), nice=s.engine.worker_nice)
     if s.engine.precision == "int8":  # TensorRT calibrates on images preprocessed as the worker's frames are
         trt = dataclasses.replace(spec.options.tensorrt, calibration_preprocess=calibration_preprocess(spec))
         spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, tensorrt=trt))

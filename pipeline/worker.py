@@ -59,6 +59,7 @@ class WorkerSpec:
     masked: tuple[str, ...] = ()
     # sinks.overlay.saliency: None (off: nothing computed), else the labels whose map is made (empty: all).
     saliency: tuple[str, ...] | None = None
+    nice: int = 5  # added to the daemon's nice value (engine.worker_nice; WORKER_NICE says why)
 
 
 def guess_family(outputs: list[TensorInfo]) -> str | None:
@@ -159,6 +160,8 @@ class _Runner:
         self.batch = np.zeros((self.max_batch, 3, *self.input_hw), dtype=np.float32)
         self.input_dtype = dtype
         self.shm = Attachments()
+        self.busy = False  # the next batch was waiting when this one started (_serve)
+        self.last_call_ns = 0
         # One warm-up call: the first run allocates and picks kernels, and must not count as a frame's latency.
         self.engine.infer(self._cast(self.batch[:1]))
 
@@ -179,9 +182,11 @@ class _Runner:
             fits.append(self.adapter.preprocess(image, self.batch[i]))
             pre_ns.append(time.monotonic_ns() - t0)
         n = len(items)
+        self.engine.set_busy(self.busy)
         t0 = time.monotonic_ns()
         outputs = self.engine.infer(self._cast(self.batch[:n]))
         infer_ns = time.monotonic_ns() - t0
+        self.last_call_ns = infer_ns + sum(pre_ns)
         results = []
         for i, item in enumerate(items):
             t0 = time.monotonic_ns()
@@ -203,13 +208,20 @@ class _Runner:
 
     def close(self) -> None:
         self.shm.close()
+        stats = getattr(self.engine, "spin_stats", dict)()
+        if stats:  # what engine.spin_wait auto measured: which way it went, and why
+            log.info("spin_wait auto, per frame: %s", stats)
         self.engine.close()
 
 
 # The daemon's decoding, drawing and publishing come before inference when they compete for a core: a
 # starved reader loses camera frames and delays every result, while inference just runs a little later.
 # With this, the runtime can take every core and still leave the daemon what it needs (benchmarks/README).
+# The default of engine.worker_nice. It also puts the worker behind every other process of the machine at
+# the normal priority: on a shared machine, 0 lets it compete with them as an equal.
 WORKER_NICE = 5
+# Busy: the wait for the next frame was under this fraction of the last batch's preprocessing + inference.
+BUSY_WAIT_FRACTION = 0.25
 
 
 def worker_main(spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue) -> None:
@@ -226,7 +238,8 @@ def worker_main(spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue) -> None:
     for handler in logging.getLogger().handlers:
         handler.setFormatter(RedactingFormatter(fmt))
     parent = os.getppid()
-    lower_priority(WORKER_NICE, "inference worker")
+    if spec.nice:
+        lower_priority(spec.nice, "inference worker")
     set_progress_hook(lambda what: outq.put(("progress", what)))
     try:
         runner = _Runner(spec)
@@ -253,6 +266,7 @@ def _serve(runner: _Runner, spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue, par
     backlog is seen at once; with `batch_timeout_s` > 0 the worker also waits that long for a full batch."""
     backlog: deque[tuple[WorkItem, int]] = deque()  # (frame, when it left the queue)
     stop = False
+    idle_since = time.monotonic_ns()
     while not (stop and not backlog):
         if not backlog and not stop:
             try:
@@ -261,6 +275,9 @@ def _serve(runner: _Runner, spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue, par
                 if os.getppid() != parent:  # orphaned: the daemon is gone
                     return
                 continue
+        # The worker is the bottleneck when its next frame was there (or all but there: one live source's
+        # next frame goes out only when this result is back) as soon as it was free.
+        runner.busy = time.monotonic_ns() - idle_since < BUSY_WAIT_FRACTION * runner.last_call_ns
         deadline = time.monotonic() + spec.batch_timeout_s
         while len(backlog) < runner.max_batch and not stop:
             remaining = deadline - time.monotonic()
@@ -272,6 +289,7 @@ def _serve(runner: _Runner, spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue, par
         if backlog:
             batch = [backlog.popleft() for _ in range(min(len(backlog), runner.max_batch))]
             outq.put(("results", runner.run_batch([b[0] for b in batch], [b[1] for b in batch])))
+            idle_since = time.monotonic_ns()
 
 
 def _take(message, backlog: deque, runner: _Runner) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper, save
@@ -128,7 +129,7 @@ def test_preprocess_when_any_source_size_then_same_input_as_letterbox_canvas(fam
     hw = (384, 640)
     if family == "yolo":
         adapter = YoloAdapter(hw, [], AdapterParams())
-        canvas, want_fit = letterbox(image, hw, PAD_VALUE, center=True)
+        canvas, want_fit = letterbox(image, hw, PAD_VALUE, center=True, interpolation=cv2.INTER_LINEAR)
         want = canvas[..., ::-1].transpose(2, 0, 1).astype(np.float32) / 255
     else:
         adapter = RetinaFaceAdapter(hw, None, AdapterParams())
@@ -140,6 +141,18 @@ def test_preprocess_when_any_source_size_then_same_input_as_letterbox_canvas(fam
         assert fit == want_fit
         np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
         out[:] = np.nan
+
+
+def test_yolo_preprocess_when_768x576_frame_then_ultralytics_bilinear_letterbox():
+    """Ultralytics' LetterBox resizes bilinearly whatever the ratio (the pixels its models are trained on);
+    written here as its recipe: resize, grey border, BGR -> RGB, / 255."""
+    image = np.random.default_rng(7).integers(0, 256, (576, 768, 3), dtype=np.uint8)
+    resized = cv2.resize(image, (640, 480), interpolation=cv2.INTER_LINEAR)
+    canvas = cv2.copyMakeBorder(resized, 80, 80, 0, 0, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+    want = canvas[..., ::-1].transpose(2, 0, 1).astype(np.float32) / 255
+    out = np.empty((3, 640, 640), dtype=np.float32)
+    YoloAdapter((640, 640), [], AdapterParams()).preprocess(image, out)
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
 
 
 def test_yolo_v8_when_boxes_overlap_then_classwise_nms_and_confidence(tmp_path):

@@ -95,7 +95,7 @@ def test_combine_when_repeats_summarises_every_number_recursively():
 def quick_run(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("bench") / "run"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)], cwd=REPO,
-                          env=perceptd_env(cache_dir), capture_output=True, text=True, timeout=240)
+                          env=perceptd_env(cache_dir), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, json.loads((out / "results.json").read_text()), proc
 
@@ -177,6 +177,45 @@ def test_bench_when_quick_writes_markdown_tables_and_a_png(quick_run):
     image = cv2.imread(str(out / "results.png"))
     assert image is not None, "results.png missing or not an image (is matplotlib installed?)"
     assert image.shape[0] > 300 and image.shape[1] > 600
+
+
+def test_bench_when_quick_compares_yolo_with_the_bare_engine_and_ultralytics_or_says_why_not(quick_run):
+    """The YOLO section: an Ultralytics export against ONNX Runtime alone, a plain loop, Ultralytics'
+    predictor and perceptd, each with a positive fps and the ratios; without Ultralytics, skipped with why."""
+    out, doc, _ = quick_run
+    y = doc["results"]["yolo"]
+    md = (out / "results.md").read_text()
+    if "skipped" in y:
+        assert "ultralytics" in y["skipped"] and "## YOLO" in md
+        return
+    c = y["compare"]
+    assert {"engine_default", "engine_worker", "plain_loop", "perceptd", "perceptd_spin_off", "ultralytics"} <= set(c)
+    assert c["engine"]["family"] == "yolo" and c["engine"]["spin_wait"] == "auto"
+    assert (y["clip"]["width"], y["clip"]["height"]) == (768, 576)
+    for name in ("engine_default", "plain_loop", "perceptd", "ultralytics"):
+        assert c[name]["fps"]["median"] > 0, name
+    assert c["perceptd"]["unaccounted"]["median"] == 0  # a file source: every frame processed
+    for key in ("perceptd/engine_only", "perceptd/plain_loop", "perceptd/ultralytics"):
+        assert c["ratios"][key] > 0
+    assert "| perceptd pipeline (defaults) |" in md and "Ultralytics predict(stream=True)" in md
+
+
+def test_mjpeg_server_when_two_clients_read_then_each_gets_the_clip_as_frames(tmp_path):
+    """The many-cameras benchmark's cameras: every client its own stream of the clip, read by OpenCV."""
+    from benchmarks.mjpeg_server import MjpegServer
+    from pipeline.sources.file import resolve_sample
+
+    server = MjpegServer(resolve_sample("sample:carphone"), fps=200, max_frames=20)
+    try:
+        caps = [cv2.VideoCapture(server.url(i), cv2.CAP_FFMPEG) for i in range(2)]
+        for cap in caps:
+            for _ in range(25):  # past the end: it loops
+                ok, frame = cap.read()
+                assert ok and frame.shape == (144, 176, 3)
+            cap.release()
+    finally:
+        server.close()
+    assert server.sent >= 50
 
 
 def test_bench_through_perceptd_cli_when_asked_for_help_lists_its_options(cache_dir):

@@ -179,6 +179,20 @@ def test_load_settings_when_engine_max_batch_is_not_a_number(tmp_path):
     assert "'lots'" in msg
 
 
+@pytest.mark.parametrize("value, want", [("auto", "auto"), ("true", True), ("false", False)])
+def test_load_settings_when_engine_spin_wait_is_auto_or_a_bool_then_kept(tmp_path, value, want):
+    path = write(tmp_path, f"sources: [a.mp4]\nengine:\n  spin_wait: {value}\n")
+    assert load_settings(path).engine.spin_wait == want
+    assert load_settings(write(tmp_path, "sources: [a.mp4]\n", "plain.yaml")).engine.spin_wait == "auto"
+
+
+def test_load_settings_when_engine_spin_wait_is_another_word_names_key_line_and_value(tmp_path):
+    path = write(tmp_path, "sources: [a.mp4]\nengine:\n  spin_wait: sometimes\n")
+    msg = config_error(path)
+    assert msg.startswith(f"{path}:3: engine.spin_wait:")
+    assert "'sometimes'" in msg
+
+
 @pytest.mark.parametrize("text, line, dotted, suggestion", [
     ("sourcs: [a.mp4]\n", 1, "sourcs", "sources"),
     ("sources:\n  - uri: a.mp4\n    looop: true\n", 3, "sources[0].looop", "loop"),

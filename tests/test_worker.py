@@ -108,6 +108,18 @@ def test_worker_when_killed_reports_its_death(cache_dir):
     worker.kill()
 
 
+def test_worker_when_worker_nice_is_0_then_runs_at_the_daemons_priority(cache_dir):
+    import dataclasses
+    import os
+
+    worker = WorkerClient(dataclasses.replace(spec(cache_dir), nice=0))
+    worker.start(120)
+    try:
+        assert os.getpriority(os.PRIO_PROCESS, worker.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+    finally:
+        worker.kill()
+
+
 def test_worker_when_the_model_is_not_a_model_raises_a_user_error(cache_dir, tmp_path):
     bogus = tmp_path / "bogus.onnx"
     bogus.write_bytes(b"\x08\x07" + bytes(range(256)) * 4)  # passes the cheap header check, not ONNX

@@ -91,11 +91,12 @@ def fit_into(src_hw: tuple[int, int], size_hw: tuple[int, int], center: bool) ->
     return nh, nw, Letterbox(scale, float(pad_x), float(pad_y), w, h, nw / w, nh / h)
 
 
-def _resized(image: np.ndarray, nh: int, nw: int, scratch: dict | None) -> np.ndarray:
+def _resized(image: np.ndarray, nh: int, nw: int, scratch: dict | None, interpolation: int | None = None) -> np.ndarray:
+    """`interpolation` None: area averaging to shrink, bilinear to enlarge."""
     h, w = image.shape[:2]
     if (nh, nw) == (h, w):
         return image
-    interp = cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR
+    interp = interpolation if interpolation is not None else cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR
     # A reused contiguous buffer: resizing into a strided view of a bigger canvas, or into a fresh
     # allocation each frame, measured several times slower at 720p.
     dst = None if scratch is None else scratch.get((nh, nw))
@@ -107,28 +108,31 @@ def _resized(image: np.ndarray, nh: int, nw: int, scratch: dict | None) -> np.nd
     return cv2.resize(image, (nw, nh), dst=dst, interpolation=interp)
 
 
-def letterbox(image: np.ndarray, size_hw: tuple[int, int], pad_value, center: bool) -> tuple[np.ndarray, Letterbox]:
+def letterbox(image: np.ndarray, size_hw: tuple[int, int], pad_value, center: bool,
+              interpolation: int | None = None) -> tuple[np.ndarray, Letterbox]:
     """Resize keeping the aspect ratio and pad to `size_hw`. Returns the canvas (uint8 HxWx3) and the mapping."""
     nh, nw, fit = fit_into(image.shape[:2], size_hw, center)
     canvas = np.empty((*size_hw, 3), dtype=np.uint8)
     canvas[:] = pad_value
     x, y = int(fit.pad_x), int(fit.pad_y)
-    canvas[y:y + nh, x:x + nw] = _resized(image, nh, nw, None)
+    canvas[y:y + nh, x:x + nw] = _resized(image, nh, nw, None, interpolation)
     return canvas, fit
 
 
 def letterbox_planes(image: np.ndarray, out: np.ndarray, center: bool, order=(0, 1, 2), subtract=(0.0, 0.0, 0.0),
-                     multiply: float = 1.0, pad=None, scratch: dict | None = None) -> Letterbox:
+                     multiply: float = 1.0, pad=None, scratch: dict | None = None,
+                     interpolation: int | None = None) -> Letterbox:
     """Letterbox a uint8 BGR image straight into one float32 CHW input row: out[i] = (v - subtract[c]) *
     multiply with c = order[i], v the resized image's channel c inside the fitted area and pad[c] (default:
     subtract[c], i.e. zero after conversion) in the padding. Same values as letterbox() then converting.
 
     No padded uint8 canvas is built: filling and splitting it cost about 2.7 ms of 3.1 per 720p frame.
-    `scratch` (any dict the caller keeps) holds the resize buffer between frames.
+    `scratch` (any dict the caller keeps) holds the resize buffer between frames. `interpolation`: an OpenCV
+    flag, None for area averaging to shrink and bilinear to enlarge.
     """
     nh, nw, fit = fit_into(image.shape[:2], out.shape[1:], center)
     x, y = int(fit.pad_x), int(fit.pad_y)
-    planes = cv2.split(_resized(image, nh, nw, scratch))  # contiguous planes: far faster than a strided transpose
+    planes = cv2.split(_resized(image, nh, nw, scratch, interpolation))  # contiguous planes: far faster than a strided transpose
     for i, c in enumerate(order):
         dst = out[i]
         pad_value = np.float32(((subtract if pad is None else pad)[c] - subtract[c]) * multiply)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import cv2
 import numpy as np
 
 from engines.adapters.base import Adapter, AdapterParams, Letterbox, letterbox_planes, nms
@@ -103,9 +104,11 @@ class YoloAdapter(Adapter):
 
     def preprocess(self, image_bgr, out):
         # RGB in [0, 1]: the BGR->RGB swap is just the order the planes are written in. The grey padding is
-        # written as its value, 114/255.
+        # written as its value, 114/255. Bilinear in both directions, as Ultralytics' LetterBox resizes: the
+        # pixels the model was trained on, and at ratios like 768x576 -> 640x480 about 5x cheaper than area
+        # averaging (3.5 ms of a 2-core machine's CPU per frame, a tenth of YOLO11n's inference).
         return letterbox_planes(image_bgr, out, center=True, order=(2, 1, 0), multiply=float(_INV255),
-                                pad=PAD_VALUE, scratch=self._scratch)
+                                pad=PAD_VALUE, scratch=self._scratch, interpolation=cv2.INTER_LINEAR)
 
     def _candidates(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Best class per candidate above the confidence: (xyxy (K, 4), scores (K,), class ids (K,), extra
