@@ -113,6 +113,10 @@ class Engine(ABC):
         """The worker's hint before a call: True when the next batch is already waiting (the worker is the
         bottleneck). A backend may trade CPU for speed while it holds (ONNX Runtime's spin_wait auto)."""
 
+    def spin_stats(self) -> dict:
+        """What the backend measured for that trade (logged when the worker stops); {} when it makes none."""
+        return {}
+
     @abstractmethod
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one batch (N <= max_batch, N first) through the model; outputs in `self.outputs` order."""

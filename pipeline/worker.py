@@ -208,7 +208,7 @@ class _Runner:
 
     def close(self) -> None:
         self.shm.close()
-        stats = getattr(self.engine, "spin_stats", dict)()
+        stats = self.engine.spin_stats()
         if stats:  # what engine.spin_wait auto measured: which way it went, and why
             log.info("spin_wait auto, per frame: %s", stats)
         self.engine.close()

@@ -123,6 +123,20 @@ def count_video_frames(path: Path) -> int:
     return n
 
 
+def decoded_frames(path: Path, limit: int | None = None) -> list[np.ndarray]:
+    """The frames of a video file (the first `limit`), exactly as OpenCV's FFmpeg decodes them for the
+    pipeline's file source."""
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while limit is None or len(frames) < limit:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     """Prometheus text format -> {'name{labels}': value} (label order as exposed)."""
     out = {}

@@ -21,7 +21,7 @@ from pipeline.errors import ConfigError, UserError
 from pipeline.settings import load_settings
 from pipeline.supervisor import WorkerClient
 from tests import user_cnn
-from tests.conftest import make_clip, read_jsonl, run_perceptd
+from tests.conftest import decoded_frames, make_clip, read_jsonl, run_perceptd
 from tests.test_worker import spec as worker_spec
 
 SHAPE = f"1,3,{user_cnn.SIZE},{user_cnn.SIZE}"
@@ -45,18 +45,6 @@ def exported(trained, cache_dir) -> dict[str, Path]:
                         "--torchscript", str(d / "cnn.pt"), cache_dir=cache_dir, check=True)
     return {"onnx": d / "cnn.onnx", "pt": d / "cnn.pt", "stdout": proc.stdout}
 
-
-def decoded_frames(path: Path) -> list[np.ndarray]:
-    """The frames exactly as the pipeline's file source decodes them."""
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames
 
 
 def test_export_when_user_cnn_then_prints_differences_and_writes_checked_files(exported):

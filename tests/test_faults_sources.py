@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+from tests.conftest import decoded_frames
 from tests.daemon import Daemon
 from tests.test_service import NotifySocket
 
@@ -23,13 +24,7 @@ QUICK_PROBE = {"OPENCV_FFMPEG_CAPTURE_OPTIONS": "probesize;32768|analyzeduration
 
 @pytest.fixture(scope="module")
 def jpegs(carphone) -> list[bytes]:
-    cap = cv2.VideoCapture(str(carphone))
-    out = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            return out
-        out.append(cv2.imencode(".jpg", frame)[1].tobytes())
+    return [cv2.imencode(".jpg", frame)[1].tobytes() for frame in decoded_frames(carphone)]
 
 
 class SilentServer:

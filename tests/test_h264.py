@@ -14,7 +14,6 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -25,23 +24,12 @@ from pipeline.errors import UserError
 from pipeline.settings import SinkSettings
 from pipeline.sinks.files import video_encoder
 from pipeline.sinks.outdir import OutputDir
-from tests.conftest import REPO, count_video_frames, perceptd_env, run_perceptd, video_stream
+from tests.conftest import REPO, count_video_frames, decoded_frames, perceptd_env, run_perceptd, video_stream
 from tests.daemon import Daemon
 from tests.test_service import need
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
-
-def frames_of(clip: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(clip))
-    out = []
-    while True:
-        ok, image = cap.read()
-        if not ok:
-            break
-        out.append(image)
-    cap.release()
-    return out
 
 
 def decoded(path: Path) -> list[np.ndarray]:
@@ -132,7 +120,7 @@ def test_recording_when_codec_is_auto_is_fragmented_main_profile_h264_holding_ev
     assert boxes[:2] == ["ftyp", "moov"] and boxes.count("moof") == 2 and boxes[-1] == "mfra", boxes
     got = decoded(path)
     assert len(got) == 120 and count_video_frames(path) == 120  # OpenCV (the tests' counter) reads it too
-    assert_in_order(got, frames_of(carphone))
+    assert_in_order(got, decoded_frames(carphone))
 
 
 def test_recovery_when_a_fragmented_recording_was_killed_keeps_it_playable_up_to_its_last_fragment(killed, carphone):
@@ -143,7 +131,7 @@ def test_recovery_when_a_fragmented_recording_was_killed_keeps_it_playable_up_to
     # Fragments close at each keyframe (every 60 frames at 29.97 fps): the open one dies with the process.
     assert written - keyframe_interval(29.97) <= len(got) < written, len(got)
     assert len(got) % keyframe_interval(29.97) == 0
-    assert_in_order(got, frames_of(carphone))
+    assert_in_order(got, decoded_frames(carphone))
     assert video_stream(directory / "cam.mp4")["nb_read_frames"] == len(got)
 
 
@@ -175,7 +163,7 @@ def test_recording_when_opened_in_headless_chromium_plays_to_the_end_and_mp4v_do
 
     mp4v = tmp_path / "mp4v.mp4"
     writer = encoders.OpenCVEncoder("mp4v").open(mp4v, 29.97, (176, 144))
-    for image in frames_of(carphone):
+    for image in decoded_frames(carphone):
         writer.write(image)
     writer.close()
     videos = {"h264": recording[0], "recovered": killed[0] / "cam.mp4", "mp4v": mp4v}
@@ -216,7 +204,7 @@ def test_recording_when_opened_in_headless_chromium_plays_to_the_end_and_mp4v_do
 
 def test_pyav_writer_when_a_side_is_odd_crops_it_and_keeps_an_ntsc_rate(tmp_path, carphone):
     """4:2:0 H.264 needs even sides: one column and one row are dropped, not the picture scaled."""
-    sources = [f[:143, :175] for f in frames_of(carphone)[:30]]
+    sources = [f[:143, :175] for f in decoded_frames(carphone)[:30]]
     writer = encoders.PyAVEncoder().open(tmp_path / "odd.mp4", 30000 / 1001, (175, 143))
     for image in sources:
         writer.write(image)
@@ -311,7 +299,7 @@ def test_gstreamer_writers_when_opencv_has_gstreamer_write_h264_that_decodes_bac
     assert json.loads(proc.stdout.splitlines()[-1]) == {"chosen": "x264enc"}, proc.stderr
     assert "nvv4l2h264enc: GStreamer cannot start a pipeline with nvv4l2h264enc" in proc.stderr
     assert "libx264: PyAV is not installed" in proc.stderr
-    sources = frames_of(carphone)
+    sources = decoded_frames(carphone)
     for name, profile in (("x264enc", "Main"), ("openh264enc", "Constrained Baseline")):
         stream = video_stream(tmp_path / f"{name}.mp4")
         assert (stream["codec_name"], stream["profile"], stream["pix_fmt"]) == ("h264", profile, "yuv420p"), stream
@@ -331,7 +319,7 @@ def test_gstreamer_writer_when_killed_mid_write_is_recovered_playable(tmp_path, 
     out.close()
     got = decoded(tmp_path / "cam.mp4")
     assert keyframe_interval(29.97) <= len(got) < 150  # two 2-second fragments at least
-    assert_in_order(got, frames_of(carphone))
+    assert_in_order(got, decoded_frames(carphone))
 
 
 def test_encoder_benchmark_when_run_briefly_reports_cpu_and_bitrate(cache_dir):

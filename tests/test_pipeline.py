@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import (REPO, count_video_frames, metrics_port, parse_metrics, perceptd_cmd, perceptd_env,
-                            read_jsonl, run_perceptd)
+from tests.conftest import (REPO, count_video_frames, decoded_frames, metrics_port, parse_metrics, perceptd_cmd,
+                            perceptd_env, read_jsonl, run_perceptd)
 
 
 def write_config(path: Path, sources: list, out: Path, port: int, linger: float = 0, **sections) -> Path:
@@ -196,13 +196,7 @@ def mjpeg_server(carphone):
 
     import cv2
 
-    cap = cv2.VideoCapture(str(carphone))
-    jpegs = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        jpegs.append(cv2.imencode(".jpg", frame)[1].tobytes())
+    jpegs = [cv2.imencode(".jpg", frame)[1].tobytes() for frame in decoded_frames(carphone)]
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):

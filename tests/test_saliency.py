@@ -4,7 +4,6 @@ maps (exact: they agree with torch's Grad-CAM at the same layer and reproduce th
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -20,7 +19,7 @@ from engines.export_saliency import SaliencyExportError
 from engines.saliency import GRID, CamWeights, class_activation
 from engines.zoo import BUILTINS, materialise
 from pipeline.sinks.heatmap import blend
-from tests.conftest import photo_bgr
+from tests.conftest import decoded_frames, photo_bgr
 from tests.test_adapters import const_model
 from tests.user_cnn import UserCNN
 
@@ -148,14 +147,7 @@ def test_export_saliency_when_no_global_average_pooling_then_one_line_error_and_
 
 
 def test_retinaface_map_when_carphone_then_peak_inside_a_detected_face_in_most_frames(carphone, tmp_path):
-    cap = cv2.VideoCapture(str(carphone))
-    frames = []
-    while len(frames) < 120:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    frames = frames[::3]
+    frames = decoded_frames(carphone, 120)[::3]
     adapter = RetinaFaceAdapter(input_size_for_sources(frames[0].shape[:2]), ["face"], AdapterParams(confidence=0.8))
     results = run(adapter, materialise("retinaface", tmp_path), frames)
     hits = sum(any(inside(sal.peak, d.box) for d in dets) for dets, sal, _ in results)

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import metrics_port, read_jsonl, run_perceptd
+from tests.conftest import decoded_frames, metrics_port, read_jsonl, run_perceptd
 from tests.test_pipeline import scrape, wait_for
 from tests.test_service import config, need, start
 from tests.test_web import processed, shot
@@ -23,14 +23,7 @@ def run_carphone(carphone, tmp_path, cache_dir, name: str, saliency: bool):
     cfg = config(tmp_path / f"{name}.yaml", [{"name": "car", "uri": str(carphone), "max_frames": 24}], out, 0,
                  sinks={"overlay": {"saliency": saliency}}, tracking={"enabled": False})
     run_perceptd("run", "-c", str(cfg), cache_dir=cache_dir, check=True)
-    cap = cv2.VideoCapture(str(next(out.glob("car.*[4v]"))))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    return read_jsonl(out / "car.jsonl"), frames
+    return read_jsonl(out / "car.jsonl"), decoded_frames(next(out.glob("car.*[4v]")))
 
 
 def blue_cast(image: np.ndarray) -> float:
