@@ -66,12 +66,12 @@ def decode_only(cfg: BenchConfig) -> dict:
 
 def load_runner(cfg: BenchConfig, spin_wait: bool = False):
     """The worker's engine + adapter, built in this process from the same WorkerSpec the daemon builds
-    (`spin_wait`: EngineOptions.spin_wait, for the plain loop)."""
+    (`spin_wait` True: ONNX Runtime's default session, one call on every thread spinning, for the plain loop)."""
     from pipeline.worker import _Runner
 
     spec, _ = cfg.worker_spec()
     if spin_wait:
-        spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, spin_wait=True))
+        spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, spin_wait=True, instances=1))
     return _Runner(spec)
 
 

@@ -157,11 +157,14 @@ def markdown(doc: dict) -> str:
 
 
 YOLO_ROWS = (("engine_default", "ONNX Runtime alone, default session options, one preprocessed frame"),
-             ("engine_worker", "ONNX Runtime alone, the worker's session (engine.spin_wait)"),
+             ("engine_worker", "ONNX Runtime alone, as the worker runs it under load (engine.instances: every "
+              "lane at once)"),
              ("plain_loop", "plain serial loop: read, preprocess, run, postprocess"),
              ("ultralytics", "Ultralytics predict(stream=True), same ONNX"),
              ("perceptd", "perceptd pipeline (defaults)"),
-             ("perceptd_spin_off", "perceptd pipeline, engine.spin_wait: false (the old default)"))
+             ("perceptd_instances_1", "perceptd pipeline, engine.instances: 1 (the old default: one call at a "
+              "time on every thread)"),
+             ("perceptd_spin_off", "perceptd pipeline, engine.spin_wait: false (an older default)"))
 
 
 def yolo_lines(y: dict | None) -> list[str]:
@@ -173,7 +176,8 @@ def yolo_lines(y: dict | None) -> list[str]:
     eng = c.get("engine", {})
     lines = ["", "## YOLO", "",
              f"{y['model']} ({eng.get('family', 'yolo')}, input {'x'.join(map(str, eng.get('input_size', [])))}, "
-             f"threads {eng.get('threads', '?')}, spin_wait {eng.get('spin_wait', '–')}) on {clip['source']} "
+             f"threads {eng.get('threads', '?')}, spin_wait {eng.get('spin_wait', '–')}, instances "
+             f"{eng.get('instances', 1)}) on {clip['source']} "
              f"written at {clip['width']}x{clip['height']} (MPEG-4), video off; every configuration once per round, "
              "rounds repeated; median (min–max), load average (1 min) at the end of each run.", "",
              "| configuration | fps (median) | min–max | vs the bare engine | CPU cores daemon / worker | load |",

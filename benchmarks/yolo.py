@@ -118,10 +118,29 @@ def bare_engine(model: Path, x: np.ndarray, warmup_s: float, duration_s: float) 
 
 
 def worker_engine(runner, x: np.ndarray, warmup_s: float, duration_s: float) -> dict:
-    """The session the worker runs (engine.* settings: spin_wait, threads), busy as in a tight loop."""
-    runner.engine.set_busy(True)
-    n, seconds, calls = _timed(lambda: runner.engine.infer(x), warmup_s, duration_s)
-    return {"fps": n * len(x) / seconds, "latency_ms": percentiles(calls)}
+    """The engine as the worker runs it while frames queue up (engine.* settings): with instances, every lane
+    calling at once from its own thread; else one call at a time, busy (spin_wait auto may spin)."""
+    import threading
+
+    engine = runner.engine
+    if engine.lanes <= 1:
+        engine.set_busy(True)
+        n, seconds, calls = _timed(lambda: engine.infer(x), warmup_s, duration_s)
+        return {"fps": n * len(x) / seconds, "latency_ms": percentiles(calls)}
+    results: list = [None] * engine.lanes
+    inputs = [x.copy() for _ in range(engine.lanes)]
+
+    def lane(k: int) -> None:
+        results[k] = _timed(lambda: engine.infer_lane(inputs[k], k), warmup_s, duration_s)
+
+    threads = [threading.Thread(target=lane, args=(k,)) for k in range(engine.lanes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    calls = [c for r in results for c in r[2]]
+    return {"fps": sum(r[0] * len(x) / r[1] for r in results), "latency_ms": percentiles(calls),
+            "instances": engine.lanes}
 
 
 def plain_loop(runner, clip: Path, warmup_s: float, duration_s: float) -> dict:
@@ -180,13 +199,13 @@ def compare(base, model: Path, clip, peer: bool) -> dict:
     runner = load_runner(cfg)
     plain = load_runner(cfg, spin_wait=True)
     x = np.ascontiguousarray(prepared_batch(runner, cfg)[:1])
-    old = _cfg(base, model, clip, 1, (("engine.spin_wait", False),))
+    old = _cfg(base, model, clip, 1, (("engine.instances", 1),))
     runs: dict[str, list[dict]] = {}
     rows = [("engine_default", lambda i: bare_engine(model, x, w, d)),
             ("engine_worker", lambda i: worker_engine(runner, x, w, d)),
             ("plain_loop", lambda i: plain_loop(plain, clip.path, w, d)),
             ("perceptd", lambda i: perceptd(cfg, f"yolo-perceptd{i}")),
-            ("perceptd_spin_off", lambda i: perceptd(old, f"yolo-spinoff{i}"))]
+            ("perceptd_instances_1", lambda i: perceptd(old, f"yolo-instances1-{i}"))]
     if peer:
         rows.append(("ultralytics", lambda i: _peer("predict", str(model), str(clip.path), "--warmup", str(w),
                                                      "--duration", str(d))))
@@ -211,7 +230,9 @@ def compare(base, model: Path, clip, peer: bool) -> dict:
 RATIOS = (("perceptd/engine_only", "perceptd", "engine_default"), ("perceptd/plain_loop", "perceptd", "plain_loop"),
           ("perceptd/ultralytics", "perceptd", "ultralytics"), ("ultralytics/engine_only", "ultralytics", "engine_default"),
           ("plain_loop/engine_only", "plain_loop", "engine_default"),
-          ("perceptd_spin_off/engine_only", "perceptd_spin_off", "engine_default"))
+          ("perceptd/engine_worker", "perceptd", "engine_worker"),
+          ("engine_worker/engine_only", "engine_worker", "engine_default"),
+          ("perceptd_instances_1/engine_only", "perceptd_instances_1", "engine_default"))
 
 
 def ratios(res: dict) -> dict:

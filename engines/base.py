@@ -55,6 +55,10 @@ class EngineOptions:
     # run returns. True: ONNX Runtime's own default, spinning on after each run too (the plain loop's
     # setting, as a hand-written loop gets it). False: never.
     spin_wait: bool | None = None
+    # Inference calls that may run at once on a CPU, each on fewer threads, while frames queue up (like Triton's
+    # instance count): 0 (auto) is one single-threaded call per inference thread, up to AUTO_INSTANCES_MAX;
+    # 1 is one call at a time on every thread. Backends without per-call threads ignore it.
+    instances: int = 0
 
 
 def usable_cores() -> int:
@@ -70,11 +74,25 @@ def cpu_threads(requested: int) -> int:
     return requested if requested > 0 else usable_cores()
 
 
+# More concurrent calls than this gives each too little of the batch axis' memory traffic to win more, and each
+# holds its own activations; on bigger machines auto gives each call several threads instead.
+AUTO_INSTANCES_MAX = 8
+
+
+def cpu_lanes(requested: int, threads: int) -> tuple[int, int]:
+    """(concurrent calls, threads per call) for a CPU runtime with `threads` inference threads:
+    `requested` calls (0: auto, one per thread up to AUTO_INSTANCES_MAX), the threads shared out among them."""
+    lanes = requested if requested > 0 else min(threads, AUTO_INSTANCES_MAX)
+    lanes = max(1, min(lanes, threads)) if requested == 0 else max(1, lanes)
+    return lanes, max(1, threads // lanes)
+
+
 class Engine(ABC):
     """Load once, run batches, close. Lifecycle is explicit: use as a context manager or call close()."""
 
     name: str = "?"
     threads: int = 0  # CPU inference threads in use (set by CPU runtimes); 0: not applicable
+    lanes: int = 1  # infer_lane() calls that may run at once, each from its own thread (EngineOptions.instances)
 
     def __init__(self, model_path: Path, options: EngineOptions):
         self.model_path = Path(model_path)
@@ -121,6 +139,12 @@ class Engine(ABC):
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one batch (N <= max_batch, N first) through the model; outputs in `self.outputs` order."""
 
+    def infer_lane(self, batch: np.ndarray, lane: int) -> list[np.ndarray]:
+        """Run a batch as one of `lanes` concurrent calls (0 <= lane < lanes): a backend with lanes gives each
+        fewer threads than infer() uses, so that together they keep every core busy without the per-operator
+        handoffs between threads that one wide call pays. Without lanes: infer()."""
+        return self.infer(batch)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -139,6 +163,8 @@ class Engine(ABC):
         d = {"backend": self.name, "precision": self.precision, "device": self.device, "max_batch": self.max_batch}
         if self.threads:
             d["threads"] = self.threads
+        if self.lanes > 1:
+            d["instances"] = self.lanes
         return d
 
 

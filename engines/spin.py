@@ -6,13 +6,16 @@ time slice waiting for one the scheduler has put aside, and calls took 3-4x long
 machine at load 6 (README, Benchmarks). And while the worker waits for frames, a spinning thread only takes
 a core from the daemon's decoding.
 
-So the engine holds a spinning and a sleeping session of the same model, and this chooser picks one per
-call: the sleeping one unless the worker is the bottleneck (its next batch is already waiting); then
-spinning only while its recent calls were clearly faster per frame (MARGIN: spinning also takes CPU the
-daemon could use, which the worker's own timing does not see). The other mode is tried now and then, a few
-calls in a row (one, when that call is clearly slower), so that a change in the machine's load is noticed; a
-try that loses doubles the interval to the next one, so that a mode several times slower costs little: in
-the daemon on this busy machine, tries of 3 calls every 50 cost perceptd about 7% against never spinning.
+With `engine.instances` above 1 (auto on a multi-core CPU) none of this runs: under load the worker runs
+single-threaded calls side by side, which have no threads to spin, and a lone frame's call on every thread
+sleeps (spin_wait: true spins it). With `instances: 1`, the engine holds a spinning and a sleeping session of
+the same model, and this chooser picks one per call: the sleeping one unless the worker is the bottleneck (its
+next batch is already waiting); then spinning only while its recent calls were clearly faster per frame
+(MARGIN: spinning also takes CPU the daemon could use, which the worker's own timing does not see). The other
+mode is tried now and then, a few calls in a row (one, when that call is clearly slower), so that a change in
+the machine's load is noticed; a try that loses doubles the interval to the next one, so that a mode several
+times slower costs little: in the daemon on this busy machine, tries of 3 calls every 50 cost perceptd about
+7% against never spinning.
 """
 
 from __future__ import annotations

@@ -248,7 +248,8 @@ class Inference:
                     self._deliver(*item)
 
     def _limit(self) -> int:
-        return 2 * self._settings().engine.max_batch  # one batch running, one ready to go
+        # One batch running and one ready to go; with engine.instances, one frame per lane of each.
+        return 2 * max(self._settings().engine.max_batch, self.worker.info.get("instances", 1))
 
     def _may_dispatch(self) -> bool:
         """Caller holds the condition."""

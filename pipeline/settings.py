@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -102,8 +102,12 @@ class EngineSettings(Strict):
                              "worker: decoding and publishing win a contended core (0: equal priority)")
     spin_wait: Literal["auto", True, False] = Field(
         "auto", description="ONNX Runtime on CPU: inference threads spin-wait between operators instead of "
-        "sleeping. auto: only while the worker is the bottleneck and spinning measures faster, never after a "
-        "run; true: always, also after each run (ONNX Runtime's default); false: never")
+        "sleeping. auto (with instances: 1): only while the worker is the bottleneck and spinning measures "
+        "faster, never after a run; true: always, also after each run (ONNX Runtime's default); false: never")
+    instances: Union[Literal["auto"], int] = Field(
+        "auto", description="ONNX Runtime on CPU: inference calls run at once while frames queue up, the threads "
+        "shared out among them (a lone frame still gets every thread). auto: one single-threaded call per thread "
+        "(at most 8); 1: one call at a time on every thread")
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when the backend can "
                                                    "use one (onnxruntime-gpu's CUDA provider, torch with CUDA)")
@@ -120,6 +124,13 @@ class EngineSettings(Strict):
                          "Runtime's beyond verify_tolerance (false: report only)")
     verify_tolerance: Optional[float] = Field(None, gt=0, le=100, description="Largest max|diff|/max(1,max|ref|) "
                                               "accepted; null = per precision (fp32 0.02, fp16 0.05, int8 0.25)")
+
+    @field_validator("instances", mode="before")
+    @classmethod
+    def _instances(cls, v):
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64):
+            return v
+        raise ValueError("use auto or a whole number of calls from 1 to 64 (1: one call at a time)")
 
     @field_validator("backend")
     @classmethod

@@ -144,8 +144,13 @@ class Attachments:
     def __init__(self, limit: int = 64):
         self._blocks: OrderedDict[str, shared_memory.SharedMemory] = OrderedDict()
         self._limit = limit
+        self._lock = threading.Lock()  # the worker's lanes attach from several threads
 
     def view(self, name: str, offset: int, shape: tuple[int, int, int]) -> np.ndarray:
+        with self._lock:
+            return self._view(name, offset, shape)
+
+    def _view(self, name: str, offset: int, shape: tuple[int, int, int]) -> np.ndarray:
         block = self._blocks.get(name)
         if block is None:
             block = self._blocks[name] = attach(name)

@@ -68,6 +68,7 @@ def build_worker_spec(settings: Settings, source_hw: tuple[int, int]) -> tuple[W
         options=EngineOptions(max_batch=s.engine.max_batch, threads=s.engine.threads, precision=s.engine.precision,
                               device=s.engine.device,
                               spin_wait=None if s.engine.spin_wait == "auto" else s.engine.spin_wait,
+                              instances=0 if s.engine.instances == "auto" else s.engine.instances,
                               input_hw=model.input_size, cache_dir=str(s.engine.cache_dir),
                               tensorrt=TensorRTOptions.from_settings(s.engine)),
         batch_timeout_s=s.pipeline.batch_timeout_ms / 1000.0,

@@ -25,6 +25,7 @@ from engines.adapters.retinaface import input_size_for_sources
 from engines.base import EngineError, EngineOptions, TensorInfo, create_engine, set_progress_hook
 from pipeline.errors import ModelError, UserError
 from pipeline.frame import WorkItem, WorkResult
+from pipeline.lanes import serve_lanes
 from pipeline.redact import RedactingFormatter, remember
 from pipeline.resources import lower_priority
 from pipeline.shm import Attachments
@@ -158,6 +159,8 @@ class _Runner:
         dtype = np.dtype(self.engine.inputs[0].dtype if self.engine.inputs[0].dtype != "?" else "float32")
         self.max_batch = self.engine.max_batch
         self.batch = np.zeros((self.max_batch, 3, *self.input_hw), dtype=np.float32)
+        # One frame per lane call (pipeline/lanes.py): on a CPU, concurrency pays where batching does not.
+        self.lane_batch = [np.zeros((1, 3, *self.input_hw), dtype=np.float32) for _ in range(self.engine.lanes)]
         self.input_dtype = dtype
         self.shm = Attachments()
         self.busy = False  # the next batch was waiting when this one started (_serve)
@@ -174,17 +177,23 @@ class _Runner:
                  labels=len(self.adapter.labels), pid=os.getpid(), saliency=self.saliency)
         return d
 
-    def run_batch(self, items: list[WorkItem], t_dequeued: list[int]) -> list[WorkResult]:
+    def run_batch(self, items: list[WorkItem], t_dequeued: list[int], lane: int | None = None) -> list[WorkResult]:
+        """Preprocess, run and postprocess `items`: as one infer() call, or (lane k) as the engine's lane k,
+        which other threads may be running beside it (pipeline/lanes.py)."""
+        buf = self.batch if lane is None else self.lane_batch[lane]
         fits, pre_ns = [], []
         for i, item in enumerate(items):
             t0 = time.monotonic_ns()
             image = self.shm.view(item.shm_name, item.offset, (item.height, item.width, 3))
-            fits.append(self.adapter.preprocess(image, self.batch[i]))
+            fits.append(self.adapter.preprocess(image, buf[i]))
             pre_ns.append(time.monotonic_ns() - t0)
         n = len(items)
-        self.engine.set_busy(self.busy)
         t0 = time.monotonic_ns()
-        outputs = self.engine.infer(self._cast(self.batch[:n]))
+        if lane is None:
+            self.engine.set_busy(self.busy)
+            outputs = self.engine.infer(self._cast(buf[:n]))
+        else:
+            outputs = self.engine.infer_lane(self._cast(buf[:n]), lane)
         infer_ns = time.monotonic_ns() - t0
         self.last_call_ns = infer_ns + sum(pre_ns)
         results = []
@@ -256,7 +265,10 @@ def worker_main(spec: WorkerSpec, inq: mp.Queue, outq: mp.Queue) -> None:
         return
     outq.put(("ready", runner.describe()))
     try:
-        _serve(runner, spec, inq, outq, parent)
+        if runner.engine.lanes > 1:
+            serve_lanes(runner, inq, outq, parent, _take)
+        else:
+            _serve(runner, spec, inq, outq, parent)
     finally:
         runner.close()
 

@@ -189,8 +189,13 @@ def test_bench_when_quick_compares_yolo_with_the_bare_engine_and_ultralytics_or_
         assert "ultralytics" in y["skipped"] and "## YOLO" in md
         return
     c = y["compare"]
-    assert {"engine_default", "engine_worker", "plain_loop", "perceptd", "perceptd_spin_off", "ultralytics"} <= set(c)
+    assert {"engine_default", "engine_worker", "plain_loop", "perceptd", "perceptd_instances_1", "ultralytics"} <= set(c)
     assert c["engine"]["family"] == "yolo" and c["engine"]["spin_wait"] == "auto"
+    # The worker's engine under load, as the daemon runs it: every lane at once on a multi-core machine.
+    from engines.base import cpu_lanes
+
+    assert c["engine"].get("instances", 1) == cpu_lanes(0, c["engine"]["threads"])[0]
+    assert c["engine_worker"]["fps"]["median"] > 0 and c["ratios"]["perceptd/engine_worker"] > 0
     assert (y["clip"]["width"], y["clip"]["height"]) == (768, 576)
     for name in ("engine_default", "plain_loop", "perceptd", "ultralytics"):
         assert c[name]["fps"]["median"] > 0, name

@@ -46,33 +46,43 @@ from engines.zoo import materialise
 from pipeline.settings import load_settings
 from pipeline.spec import build_worker_spec
 model = materialise("retinaface", sys.argv[1])
+
+def options(session):
+    so = session.get_session_options()
+    return [so.get_session_config_entry("session.intra_op.allow_spinning"),
+            so.get_session_config_entry("session.force_spinning_stop"), so.intra_op_num_threads]
+
 out = {}
-for value in ("auto", True, False):
-    settings = load_settings(None, {"engine.spin_wait": value, "engine.cache_dir": sys.argv[1]})
-    spec, _ = build_worker_spec(settings, (144, 176))
-    with create_engine("onnxruntime", model, spec.options) as e:
-        sessions = {}
-        for spin, session in e._sessions.items():
-            so = session.get_session_options()
-            sessions[str(spin)] = [so.get_session_config_entry("session.intra_op.allow_spinning"),
-                                   so.get_session_config_entry("session.force_spinning_stop")]
-        out[str(value)] = [e.describe()["spin_wait"], sessions]
+for instances in (1, "auto"):
+    for value in ("auto", True, False):
+        settings = load_settings(None, {"engine.spin_wait": value, "engine.instances": instances, "engine.threads": 2,
+                                        "engine.cache_dir": sys.argv[1]})
+        spec, _ = build_worker_spec(settings, (144, 176))
+        with create_engine("onnxruntime", model, spec.options) as e:
+            if e.lanes == 1:
+                sessions = {str(spin): options(session) for spin, session in e._sessions.items()}
+            else:
+                sessions = {"wide": options(e._session), "lanes": [options(s) for s in e._lane_sessions],
+                            "shared": len({id(s) for s in e._lane_sessions})}
+            out[f"{instances} {value}"] = [e.describe()["spin_wait"], e.lanes, sessions]
 print(json.dumps(out))
 """
 
 
 def test_onnxruntime_spin_wait_when_configured_then_session_spins_as_asked(cache_dir):
-    """engine.spin_wait reaches ONNX Runtime: auto holds a spinning session (stopped as soon as a run returns)
-    and a sleeping one, chosen per call; true keeps ONNX Runtime's default (spinning on after runs); false
-    never spins. (Two usable cores at least: with one thread there is nothing to spin for.)"""
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs 2 usable cores")
+    """engine.spin_wait reaches ONNX Runtime. With instances 1: auto holds a spinning session (stopped as soon as
+    a run returns) and a sleeping one, chosen per call; true keeps ONNX Runtime's default (spinning on after
+    runs); false never spins. With lanes (instances auto, 2 threads): a wide session on both threads that spins
+    only with true, and one single-threaded session the two lanes share."""
     proc = subprocess.run([sys.executable, "-c", SPIN_PROBE, str(cache_dir)], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got == {"auto": ["auto", {"True": ["1", "1"], "False": ["0", "1"]}],
-                   "True": ["on", {"True": ["1", "0"]}], "False": ["off", {"False": ["0", "0"]}]}
+    lanes = lambda spin, stop: {"wide": [spin, stop, 2], "lanes": [["0", stop, 1]] * 2, "shared": 1}  # noqa: E731
+    assert got == {"1 auto": ["auto", 1, {"True": ["1", "1", 2], "False": ["0", "1", 2]}],
+                   "1 True": ["on", 1, {"True": ["1", "0", 2]}], "1 False": ["off", 1, {"False": ["0", "0", 2]}],
+                   "auto auto": ["auto", 2, lanes("0", "1")], "auto True": ["on", 2, lanes("1", "0")],
+                   "auto False": ["off", 2, lanes("0", "0")]}
 
 
 def _drive(chooser, calls: int, cost: dict) -> list[bool]:

@@ -118,14 +118,17 @@ def test_reload_when_flow_and_sink_settings_change_they_apply_without_restarting
                                                                                            cache_dir):
     fast = {"name": "fast", "uri": str(carphone), "realtime": True, "speed": 8, "loop": True}
     gone = {"name": "gone", "uri": str(carphone), **LIVE}
+    # One call at a time (engine.instances: 1), so that frames sent together share a call: the evidence that
+    # live_inflight changed.
+    one_call = {"instances": 1}
     with Daemon(tmp_path, cache_dir, [fast, gone], pipeline={"live_inflight": 1},
-                model={"input_size": [480, 640]}) as d:
+                model={"input_size": [480, 640]}, engine=one_call) as d:
         d.start()
         d.wait_processed("fast", 20)
         m = d.scrape()
         assert m["process_start_time_seconds"] > 0  # the standard process collector
         assert 'perceptd_source_up{source="gone"}' in m
-        d.write_config([fast], pipeline={"live_inflight": 1}, model={"input_size": [480, 640]})
+        d.write_config([fast], pipeline={"live_inflight": 1}, model={"input_size": [480, 640]}, engine=one_call)
         d.signal(signal.SIGHUP)
         removed = d.wait_log(r"source 'gone' retired")
         before = d.scrape()
@@ -134,7 +137,7 @@ def test_reload_when_flow_and_sink_settings_change_they_apply_without_restarting
         assert (one["perceptd_batch_size_frames_sum"] - before["perceptd_batch_size_frames_sum"]
                 == one["perceptd_batch_size_frames_count"] - before["perceptd_batch_size_frames_count"])
         d.write_config([fast], pipeline={"live_inflight": 4}, model={"input_size": [480, 640]},
-                       sinks={"video": {"enabled": False}})
+                       sinks={"video": {"enabled": False}}, engine=one_call)
         d.signal(signal.SIGHUP)
         d.wait_log(r"outputs reopened", after=removed.end())
         # More frames of the one live source at the worker: they now share engine calls.

@@ -7,6 +7,7 @@ Detections in source pixels. It never knows which backend ran the model.
 from __future__ import annotations
 
 import difflib
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +237,15 @@ class Adapter(ABC):
         # Per-class thresholds as arrays indexed by class id (built on first use), so that a frame's
         # candidates are filtered in one step. Ids past the labels (or with no labels) take the plain value.
         self._tables: dict[tuple[str, int], np.ndarray] = {}
+        self._local = threading.local()
+
+    @property
+    def _scratch(self) -> dict:
+        """Preprocessing's reusable buffers, one set per thread: the worker's lanes preprocess at once."""
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = {}
+        return scratch
 
     def set_params(self, params: AdapterParams) -> None:
         """New thresholds and filters (a config reload), from the next frame on."""

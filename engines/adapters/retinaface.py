@@ -75,7 +75,6 @@ class RetinaFaceAdapter(Adapter):
         super().__init__(input_hw, labels or ["face"], params)
         self._priors = priors(self.input_hw)
         self._mean = tuple(float(v) for v in MEAN_BGR)
-        self._scratch: dict = {}
         self._order = (0, 1, 2)  # positions of loc, conf, landmarks among the outputs (check_outputs)
         self._saliency = False
 

@@ -41,7 +41,6 @@ class YoloAdapter(Adapter):
         if self.meta.task is not None and self.meta.task not in TASKS:
             raise ValueError(f"Ultralytics task {self.meta.task!r} is not one perceptd decodes as yolo "
                              f"({', '.join(TASKS)})")
-        self._scratch: dict = {}
         self._layout: str | None = None  # decided once from the engine's output shapes (check_outputs)
         self._extra = 0  # channels after the class scores: keypoint values or mask coefficients
         self._nc = len(self.meta.names)  # the metadata's class count; the labels file may not match it
