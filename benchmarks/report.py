@@ -198,7 +198,11 @@ def yolo_lines(y: dict | None) -> list[str]:
         lines += ["", "Ratios: " + "; ".join(f"{k} **{v:.2f}x**" for k, v in rat.items())]
     ms = y.get("many_sources")
     if ms:
-        eb = "; ".join(f"{k.replace('_', ' ')} {_f(v['fps'])} fps (p50 {_f(v['latency_ms'].get('p50'))} ms per call)"
+        def what(key: str) -> str:  # batch_4: one call of 4 frames; instances_2: 2 one-frame calls at once
+            kind, n = key.split("_")
+            return f"batch {n}, one call at a time" if kind == "batch" else f"{n} one-frame calls at once (lanes)"
+
+        eb = "; ".join(f"{what(k)} {_f(v['fps'])} fps (p50 {_f(v['latency_ms'].get('p50'))} ms per call)"
                        for k, v in ms["engine_batched"].items())
         lines += ["", "### YOLO, many cameras", "",
                   "Each camera: the clip served over HTTP as MJPEG at its frame rate (benchmarks/mjpeg_server.py); "
