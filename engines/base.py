@@ -74,8 +74,8 @@ def cpu_threads(requested: int) -> int:
     return requested if requested > 0 else usable_cores()
 
 
-# More concurrent calls than this gives each too little of the batch axis' memory traffic to win more, and each
-# holds its own activations; on bigger machines auto gives each call several threads instead.
+# Each concurrent call holds its own activations, and past two calls the gain is not measured (this project's
+# machines have 2 cores): on bigger machines auto stops at this many calls and gives each several threads.
 AUTO_INSTANCES_MAX = 8
 
 
