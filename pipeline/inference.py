@@ -292,6 +292,7 @@ class Inference:
             self._batches += 1
             self._batch_ns.append(results[0].inference_ns)
             self.metrics.batch_size.observe(results[0].batch_size)
+            self.metrics.inference_call.observe(results[0].inference_ns / 1e9)
             for r in results:
                 with self._cond:
                     flight = self._inflight.pop((r.source_id, r.index), None)

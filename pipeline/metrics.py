@@ -67,6 +67,11 @@ class Metrics:
         self.batch_size = Histogram(
             "perceptd_batch_size_frames", "Frames per inference call", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
             registry=r)
+        # Per engine call, as the worker timed it. Its sum's rate is the calls in flight on average: about
+        # engine.instances while frames queue up on a CPU (lanes), at most 1 one call at a time.
+        self.inference_call = Histogram(
+            "perceptd_inference_call_seconds", "Duration of each inference engine call (calls may overlap)",
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), registry=r)
         self.worker_restarts = Counter(
             "perceptd_worker_restarts_total", "Times the inference worker died and was restarted", registry=r)
         self.worker_up = Gauge("perceptd_worker_up", "1 while the inference worker is ready", registry=r)

@@ -79,6 +79,9 @@ def test_run_when_given_the_carphone_clip_processes_every_frame_once(carphone, t
             assert metrics["perceptd_batch_size_frames_count"] == 120
         else:
             assert metrics["perceptd_batch_size_frames_count"] < 120
+        # Each call's duration, once per call (its sum's rate is the calls in flight).
+        assert metrics["perceptd_inference_call_seconds_count"] == metrics["perceptd_batch_size_frames_count"]
+        assert 0 < metrics["perceptd_inference_call_seconds_sum"] < 120 * 10
         info = [k for k in metrics if k.startswith("perceptd_info{")][0]
         assert all(f in info for f in ('backend="onnxruntime"', 'model="retinaface"', 'precision="fp32"',
                                        'accelerator="cpu"', 'host="'))
