@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import struct
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pipeline.sinks.outdir import OutputDir
 from tests.conftest import REPO, count_video_frames, decoded_frames, perceptd_env, run_perceptd, video_stream
 from tests.daemon import Daemon
 from tests.test_service import need
+from tests.test_web import chromium
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -155,12 +155,6 @@ def test_daemon_when_killed_mid_recording_then_restarted_recovers_an_h264_file_t
 
 def test_recording_when_opened_in_headless_chromium_plays_to_the_end_and_mp4v_does_not(recording, killed, carphone,
                                                                                       tmp_path):
-    need(shutil.which("chromium") is not None and shutil.which("chromedriver") is not None,
-         "Chromium and its driver (Debian's chromium, chromium-driver)")
-    pytest.importorskip("selenium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     mp4v = tmp_path / "mp4v.mp4"
     writer = encoders.OpenCVEncoder("mp4v").open(mp4v, 29.97, (176, 144))
     for image in decoded_frames(carphone):
@@ -169,13 +163,6 @@ def test_recording_when_opened_in_headless_chromium_plays_to_the_end_and_mp4v_do
     videos = {"h264": recording[0], "recovered": killed[0] / "cam.mp4", "mp4v": mp4v}
     page = tmp_path / "page.html"
     page.write_text("<!doctype html><html><body></body></html>")
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--allow-file-access-from-files", f"--user-data-dir={tmp_path / 'chrome'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     # A <video> loads the file, decodes its first frame, then seeks to its last fraction of a second.
     script = """
         const [src, done] = [arguments[0], arguments[arguments.length - 1]];
@@ -188,6 +175,7 @@ def test_recording_when_opened_in_headless_chromium_plays_to_the_end_and_mp4v_do
         v.src = src;
         document.body.appendChild(v);
     """
+    driver = chromium(tmp_path, "--allow-file-access-from-files")
     try:
         driver.set_script_timeout(60)
         driver.get(page.as_uri())

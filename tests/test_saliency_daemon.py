@@ -4,18 +4,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import urllib.request
 
 import cv2
 import numpy as np
-import pytest
 
 from tests.conftest import decoded_frames, metrics_port, read_jsonl, run_perceptd
 from tests.test_pipeline import scrape, wait_for
-from tests.test_service import config, need, start
-from tests.test_web import processed, shot
+from tests.test_service import config, start
+from tests.test_web import chromium, processed, shot
 
 
 def run_carphone(carphone, tmp_path, cache_dir, name: str, saliency: bool):
@@ -52,29 +50,17 @@ def test_saliency_when_on_then_jsonl_peak_in_the_face_and_heat_in_the_video_and_
 
 def test_live_page_when_heat_map_toggled_then_the_picture_shows_it_changes_and_goes_when_off(carphone, tmp_path,
                                                                                               cache_dir):
-    need(shutil.which("chromium") is not None and shutil.which("chromedriver") is not None,
-         "Chromium and its driver (Debian's chromium, chromium-driver)")
-    pytest.importorskip("selenium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-
     cfg = config(tmp_path / "c.yaml", [{"name": "car", "uri": str(carphone), "loop": True, "realtime": True}],
                  tmp_path / "out", 0, sinks={"overlay": {"saliency": True}, "video": {"enabled": False}})
+    driver = chromium(tmp_path, "--window-size=800,600")
+    from selenium.webdriver.common.by import By
+
     proc = start(cfg, cache_dir, tmp_path / "log.txt")
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=800,600", f"--user-data-dir={tmp_path / 'chrome'}"):
-        options.add_argument(flag)
-    driver = None
     try:
         port = metrics_port(tmp_path / "log.txt", proc)
         wait_for(lambda: scrape(port).get(processed("car"), 0) > 5, 60, "frames", proc)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=5) as r:
             assert json.load(r)["saliency"] is True
-        driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
         driver.get(f"http://127.0.0.1:{port}/")
         toggle_label = wait_for(lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, ".tile .sal")
                                          if e.is_displayed()], 60, "the heat map toggle", proc)[0]

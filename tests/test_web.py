@@ -81,6 +81,24 @@ def assert_nothing_encoded_while_unwatched(port: int, source: str, frames: int =
     assert m[previewed(source)] == still, f"{m[previewed(source)] - still:.0f} JPEGs encoded for nobody"
 
 
+def chromium(tmp_path, *flags: str):
+    """Debian's Chromium, headless under Selenium's driver, with a profile of its own in `tmp_path`: the real
+    browser the page and recordings are checked in (skipped here without it, a failure in CI)."""
+    need(shutil.which("chromium") is not None and shutil.which("chromedriver") is not None,
+         "Chromium and its driver (Debian's chromium, chromium-driver)")
+    pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chrome'}", *flags):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
 def test_preview_when_nobody_watches_encodes_nothing_and_when_watched_streams_jpegs(running):
     port = running()
     m = more_frames(port, "car", 20)
@@ -130,21 +148,10 @@ def test_preview_when_a_viewer_connects_and_never_reads_the_pipeline_does_not_wa
 
 
 def test_page_when_opened_in_headless_chromium_shows_a_live_tile_per_source(running, tmp_path):
-    need(shutil.which("chromium") is not None and shutil.which("chromedriver") is not None,
-         "Chromium and its driver (Debian's chromium, chromium-driver)")
-    pytest.importorskip("selenium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    port = running()
+    driver = chromium(tmp_path, "--window-size=1200,900")
     from selenium.webdriver.common.by import By
 
-    port = running()
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,900", f"--user-data-dir={tmp_path / 'chrome'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:
         driver.get(f"http://127.0.0.1:{port}/")
         # Two tiles, each with a decoded frame from its stream and its stats line filled in.
