@@ -13,6 +13,26 @@ from pathlib import Path
 import cv2
 
 
+
+def load_frames(clip: str, n: int) -> tuple[list, float]:
+    """The first `n` frames of a video file or sample (the daemon's own samples), decoded, and its rate."""
+    if clip.startswith("sample:"):
+        from pipeline.sources.file import resolve_sample
+
+        clip = str(resolve_sample(clip))
+    cap = cv2.VideoCapture(clip)
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    frames = []
+    while len(frames) < n:
+        ok, image = cap.read()
+        if not ok:
+            break
+        frames.append(image)
+    cap.release()
+    if not frames:
+        raise SystemExit(f"{clip}: no frames decoded")
+    return frames, fps
+
 @dataclass(frozen=True)
 class Clip:
     uri: str

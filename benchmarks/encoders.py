@@ -24,26 +24,8 @@ from pathlib import Path
 
 import cv2
 
+from benchmarks.config import load_frames
 from benchmarks.stats import percentiles, spread
-
-
-def load_frames(clip: str, n: int) -> tuple[list, float]:
-    if clip.startswith("sample:"):
-        from pipeline.sources.file import resolve_sample  # the daemon's own samples (its venv)
-
-        clip = str(resolve_sample(clip))
-    cap = cv2.VideoCapture(clip)
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    frames = []
-    while len(frames) < n:
-        ok, image = cap.read()
-        if not ok:
-            break
-        frames.append(image)
-    cap.release()
-    if not frames:
-        raise SystemExit(f"{clip}: no frames decoded")
-    return frames, fps
 
 
 def measure(encoder, frames: list, fps: float, count: int, warmup: int, directory: Path) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from benchmarks.config import load_frames
 from benchmarks.stats import percentile
 from engines.adapters import AdapterParams
 from engines.adapters.classifier import ClassifierAdapter
@@ -47,20 +48,8 @@ def timed(fn, repeats: int, warmup: int, clock=time.thread_time_ns) -> list[floa
 
 
 def read_frames(clip: str, n: int) -> list[np.ndarray]:
-    if clip.startswith("sample:"):
-        from pipeline.sources.file import resolve_sample
-
-        clip = str(resolve_sample(clip))
-    cap = cv2.VideoCapture(clip)
-    frames = []
-    while len(frames) < n * 10:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    if not frames:
-        raise SystemExit(f"{clip}: no frames")
+    """`n` frames spread over the clip's first 10n."""
+    frames, _ = load_frames(clip, n * 10)
     return frames[::max(1, len(frames) // n)][:n]
 
 
