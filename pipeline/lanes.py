@@ -54,16 +54,16 @@ class _Lanes:
                 if not self.backlog:
                     return  # stopping, and every frame taken
                 wide = self.running == 0 and len(self.backlog) == 1
-                items = [self.backlog.popleft()]
+                item, t_dequeued = self.backlog.popleft()
                 seq, self._next = self._next, self._next + 1
                 self.running += 1
                 self.wide = wide
-            results = self.runner.run_batch([i[0] for i in items], [i[1] for i in items], lane=None if wide else k)
+            results = self.runner.run_batch([item], [t_dequeued], lane=None if wide else k)
             with self.cond:
                 self.running -= 1
                 if wide:
                     self.wide = False
-                self.counts["wide" if wide else "lane"] += len(items)
+                self.counts["wide" if wide else "lane"] += 1
                 self._done[seq] = results
                 while self._emit in self._done:
                     self.outq.put(("results", self._done.pop(self._emit)))
@@ -96,9 +96,7 @@ def serve_lanes(runner, inq, outq, parent: int, take: Callable) -> None:
                     return
                 continue
             with lanes.cond:
-                backlog: deque = deque()
-                lanes.stop = take(message, backlog, runner)
-                lanes.backlog.extend(backlog)
+                lanes.stop = take(message, lanes.backlog, runner)
                 lanes.cond.notify_all()
     finally:
         with lanes.cond:
