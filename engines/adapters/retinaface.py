@@ -76,7 +76,7 @@ class RetinaFaceAdapter(Adapter):
         self._priors = priors(self.input_hw)
         self._mean = tuple(float(v) for v in MEAN_BGR)
         self._order = (0, 1, 2)  # positions of loc, conf, landmarks among the outputs (check_outputs)
-        self._saliency = False
+        self._cells: list[tuple[int, int]] | None = None  # (ny, nx) per stride, once saliency is enabled
 
     def check_outputs(self, output_shapes, output_names=()):
         """Find loc, conf and landmarks by name, else by their last dimension (4, 2, 10): exports differ in
@@ -120,17 +120,18 @@ class RetinaFaceAdapter(Adapter):
 
     def enable_saliency(self, labels, output_names, model_path):
         self.saliency_ids(labels)  # one label, face: a wrong one is an error, as for other families
-        self._saliency = stride_cells(self.input_hw, STRIDES, len(MIN_SIZES[0]), len(self._priors)) is not None
-        return None if self._saliency else "the priors do not fall on the strides' cells"
+        self._cells = stride_cells(self.input_hw, STRIDES, len(MIN_SIZES[0]), len(self._priors))
+        return None if self._cells else "the priors do not fall on the strides' cells"
 
     def saliency(self, outputs, fit: Letterbox):
-        """The face score of each cell, best of its two anchors, per stride, merged into one map at stride 8."""
-        if not self._saliency:
+        """The face score of each cell, best of its anchors, per stride, merged into one map at stride 8."""
+        if not self._cells:
             return None
         scores = np.asarray(outputs[self._order[1]])[:, 1]
+        per_cell = len(MIN_SIZES[0])
         grids, start = [], 0
-        for ny, nx in stride_cells(self.input_hw, STRIDES, 2, len(self._priors)):
-            n = ny * nx * 2
-            grids.append(scores[start:start + n].reshape(ny, nx, 2).max(axis=2))  # cell-major, anchors inner
+        for ny, nx in self._cells:
+            n = ny * nx * per_cell
+            grids.append(scores[start:start + n].reshape(ny, nx, per_cell).max(axis=2))  # cell-major, anchors inner
             start += n
         return summarise(merge_strides(grids), fit, self.input_hw)
