@@ -5,7 +5,7 @@
   layer. Its mean plus the class's bias is the class's logit; Grad-CAM at that layer is the same map up to a
   positive factor. `perceptd export --saliency` adds the feature map as an output and stores the linear
   layer in the ONNX file's metadata (CAM_KEY, CAM_WEIGHTS_KEY), where `CamWeights.from_model` finds it.
-- Detectors: the pre-NMS class score of each cell, max over its anchors and classes (adapters' score_grids),
+- Detectors: the pre-NMS class score of each cell, max over its anchors and classes (score_grids),
   upsampled to the finest stride and merged across strides by max. Absolute scores (0-1): a frame with
   nothing in it stays cold.
 
@@ -129,6 +129,19 @@ def stride_cells(input_hw: tuple[int, int], strides, per_cell: int, total: int) 
     h, w = input_hw
     cells = [(math.ceil(h / s), math.ceil(w / s)) for s in strides]
     return cells if sum(ny * nx for ny, nx in cells) * per_cell == total else None
+
+
+def score_grids(scores: np.ndarray, cells: list[tuple[int, int]], per_cell: int,
+                anchors_inner: bool) -> list[np.ndarray]:
+    """A detector's per-row scores -> per stride, each cell's best over its `per_cell` anchors. Rows run
+    stride by stride; within one, cell-major with the anchors inner (RetinaFace) or anchor-major (YOLOv5)."""
+    grids, start = [], 0
+    for ny, nx in cells:
+        block = scores[start:start + ny * nx * per_cell]
+        grids.append(block.reshape(ny, nx, per_cell).max(axis=2) if anchors_inner
+                     else block.reshape(per_cell, ny, nx).max(axis=0))
+        start += block.size
+    return grids
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,7 +12,7 @@ import numpy as np
 
 from engines.adapters.base import Adapter, AdapterParams, Letterbox, letterbox_planes, nms
 from engines.detection import Detection
-from engines.saliency import merge_strides, stride_cells, summarise
+from engines.saliency import merge_strides, score_grids, stride_cells, summarise
 
 STRIDES = (8, 16, 32)
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -128,10 +128,5 @@ class RetinaFaceAdapter(Adapter):
         if not self._cells:
             return None
         scores = np.asarray(outputs[self._order[1]])[:, 1]
-        per_cell = len(MIN_SIZES[0])
-        grids, start = [], 0
-        for ny, nx in self._cells:
-            n = ny * nx * per_cell
-            grids.append(scores[start:start + n].reshape(ny, nx, per_cell).max(axis=2))  # cell-major, anchors inner
-            start += n
+        grids = score_grids(scores, self._cells, len(MIN_SIZES[0]), anchors_inner=True)
         return summarise(merge_strides(grids), fit, self.input_hw)

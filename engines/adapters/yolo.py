@@ -16,7 +16,7 @@ from engines.adapters.base import Adapter, AdapterParams, Letterbox, letterbox_p
 from engines.adapters.masks import mask_polygon
 from engines.adapters.yolo_layout import TASKS, YoloMeta, detect_layout, parse_metadata
 from engines.detection import Detection
-from engines.saliency import merge_strides, stride_cells, summarise
+from engines.saliency import merge_strides, score_grids, stride_cells, summarise
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class YoloAdapter(Adapter):
         self._task = self.meta.task or "detect"  # without metadata: "segment" when there are prototypes
         self._saliency: bool | None = None  # enable_saliency: None off; False once the layout proved unfit
         self._saliency_ids: np.ndarray | None = None
+        self._saliency_cells: list[tuple[int, int]] | None = None  # (ny, nx) per stride, from the first frame
 
     @property
     def task(self) -> str:
@@ -207,15 +208,13 @@ class YoloAdapter(Adapter):
             scores, per_cell = pred[:, 4] * cls.max(axis=1), V5_ANCHORS
         else:
             scores, per_cell = None, 0
-        cells = None if scores is None else stride_cells(self.input_hw, STRIDES, per_cell, scores.size)
-        if cells is None:
-            log.warning("no saliency map: the YOLO output %s (%s layout) is not %s strides' cells of a %s input",
-                        list(pred.shape), layout, list(STRIDES), list(self.input_hw))
-            self._saliency = False
-            return None
-        grids, start = [], 0
-        for ny, nx in cells:
-            n = ny * nx * per_cell
-            grids.append(scores[start:start + n].reshape(per_cell, ny, nx).max(axis=0))
-            start += n
+        if self._saliency_cells is None:  # the output's size is the model's: checked on the first frame
+            self._saliency_cells = None if scores is None else stride_cells(self.input_hw, STRIDES, per_cell,
+                                                                            scores.size)
+            if self._saliency_cells is None:
+                log.warning("no saliency map: the YOLO output %s (%s layout) is not %s strides' cells of a %s "
+                            "input", list(pred.shape), layout, list(STRIDES), list(self.input_hw))
+                self._saliency = False
+                return None
+        grids = score_grids(scores, self._saliency_cells, per_cell, anchors_inner=False)
         return summarise(merge_strides(grids), fit, self.input_hw)
