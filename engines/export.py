@@ -271,7 +271,8 @@ def export_model(model: torch.nn.Module, input_shape, onnx_path: Path, *, torchs
         staged.append((tmp, report.onnx_path, "onnx"))
         _exporting(f"torch.onnx.export (opset {OPSET})", _write_onnx, model, example, tmp, output_names)
         if cam_meta:
-            from engines.export_saliency import append_metadata, check_onnx_cam
+            from engines.export_saliency import check_onnx_cam
+            from engines.onnxmeta import append_metadata
 
             append_metadata(tmp, cam_meta)
         onnx_out = _run_onnx(tmp, x.numpy())

@@ -11,7 +11,6 @@ reproduces the logits, which is what makes the map exact.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,29 +92,6 @@ def prepare(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, dict[str, str
     log.info("saliency: feature map from %s %s, linear layer %d -> %d", name, list(features.shape[1:]),
              linear.in_features, linear.out_features)
     return wrapped, CamWeights.encode(weight.numpy(), bias.numpy(), FEATURES_OUTPUT), name
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(tag: int, data: bytes) -> bytes:
-    return bytes([tag]) + _varint(len(data)) + data
-
-
-def append_metadata(onnx_path: Path, entries: dict[str, str]) -> None:
-    """Add metadata_props to an ONNX file without the onnx package: a protobuf message's repeated field may
-    come anywhere, so appending ModelProto field 14 entries ({1: key, 2: value}) to the file is valid."""
-    with open(onnx_path, "ab") as f:
-        for key, value in entries.items():
-            entry = _field(0x0A, key.encode()) + _field(0x12, value.encode())
-            f.write(_field(0x72, entry))  # field 14, wire type 2
 
 
 def check_onnx_cam(outputs: list[np.ndarray], entries: dict[str, str]) -> float:

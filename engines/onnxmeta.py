@@ -86,3 +86,27 @@ def read_metadata(path: Path) -> dict[str, str]:
     except (OSError, ValueError, IndexError) as exc:
         log.debug("no metadata read from %s: %s", path, exc)
     return out
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(tag: int, data: bytes) -> bytes:
+    """One length-delimited field: its tag byte (field number << 3 | wire type 2), the length, the bytes."""
+    return bytes([tag]) + _encode_varint(len(data)) + data
+
+
+def append_metadata(onnx_path: Path, entries: dict[str, str]) -> None:
+    """Add metadata_props to an ONNX file without the onnx package: a protobuf message's repeated field may
+    come anywhere, so appending ModelProto field 14 entries ({1: key, 2: value}) to the file is valid."""
+    with open(onnx_path, "ab") as f:
+        for key, value in entries.items():
+            entry = _field(0x0A, key.encode()) + _field(0x12, value.encode())
+            f.write(_field(_METADATA_PROPS << 3 | 2, entry))
