@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from engines.base import cpu_lanes, usable_cores
-from tests.conftest import (REPO, count_video_frames, decoded_frames, metrics_port, parse_metrics, perceptd_cmd,
+from tests.conftest import (REPO, count_video_frames, metrics_port, parse_metrics, perceptd_cmd,
                             perceptd_env, read_jsonl, run_perceptd)
 
 
@@ -198,36 +198,13 @@ def test_run_when_sigterm_arrives_mid_file_finalises_outputs(carphone, tmp_path,
 
 @pytest.fixture()
 def mjpeg_server(carphone):
-    """An IP-camera-style MJPEG stream (multipart/x-mixed-replace) of carphone's frames on 127.0.0.1."""
-    import http.server
-    import threading
+    """An IP-camera-style MJPEG stream (multipart/x-mixed-replace) of carphone's frames on 127.0.0.1, at 30 fps:
+    the many-cameras benchmark's camera (benchmarks/mjpeg_server.py)."""
+    from benchmarks.mjpeg_server import MjpegServer
 
-    import cv2
-
-    jpegs = [cv2.imencode(".jpg", frame)[1].tobytes() for frame in decoded_frames(carphone)]
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-            self.end_headers()
-            try:
-                for jpg in jpegs:
-                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                     + f"Content-Length: {len(jpg)}\r\n\r\n".encode() + jpg + b"\r\n")
-                    time.sleep(1 / 30)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    server = MjpegServer(carphone, fps=30)
+    yield server.port
+    server.close()
 
 
 def test_run_when_the_source_is_an_http_mjpeg_stream(mjpeg_server, tmp_path, cache_dir):
