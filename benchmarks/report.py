@@ -101,7 +101,7 @@ def markdown(doc: dict) -> str:
         f"engine {eng.get('backend', s['backend'])} on {eng.get('device', s['device'])} "
         f"{eng.get('precision', s['precision'])}, max batch {eng.get('max_batch', s['batch'])}, "
         f"threads {eng.get('threads') or s['threads'] or 'all'}"
-        + (" (the worker spin-waiting as engine.spin_wait says, the plain loop with ONNX Runtime's default)"
+        + (" (the worker as engine.instances and engine.spin_wait say, the plain loop with ONNX Runtime's default)"
            if eng.get("backend", s["backend"]) == "onnxruntime" else "")
         + (f"; settings {s['set']}" if s.get("set") else ""),
         f"- Each measurement: {s['warmup_s']:g} s warm-up, {s['duration_s']:g} s timed, {s['repeats']} repeat(s); "
