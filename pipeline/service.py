@@ -103,6 +103,9 @@ class Service:
         self._collector = ResourceCollector(lambda: p.worker.pid if p.worker else None)
         p.metrics.registry.register(self._collector)
         try:
+            # The watchdog judges the main loop from p.start() on: the load before it (seconds; minutes for a
+            # TensorRT build) is not a wedged loop, and counting it logged a false "not pinging" at start.
+            self._heartbeat = time.monotonic()
             p.start()
             if self._signals:
                 p.interrupt()
