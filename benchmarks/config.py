@@ -13,7 +13,6 @@ from pathlib import Path
 import cv2
 
 
-
 def load_frames(clip: str, n: int) -> tuple[list, float]:
     """The first `n` frames of a video file or sample (the daemon's own samples), decoded, and its rate."""
     if clip.startswith("sample:"):
@@ -32,6 +31,7 @@ def load_frames(clip: str, n: int) -> tuple[list, float]:
     if not frames:
         raise SystemExit(f"{clip}: no frames decoded")
     return frames, fps
+
 
 @dataclass(frozen=True)
 class Clip:

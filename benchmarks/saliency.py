@@ -7,8 +7,9 @@ Real frames of the clip, scaled to each size. mobilenet_v2 (class activation map
 run for real, once per frame and untimed, to get their outputs. The YOLO map's cost depends only on the
 output's shape, so it is timed on a random [84, 8400] v8 output of a 640x640 input (80 classes). Each call
 is timed alone after untimed warm-up, as the thread's CPU time (thread_time_ns: the cost on one core, OpenCV
-held to one thread); microseconds, median and p99 over frames x repeats. Also: what the built-in mobilenet_v2's extra output (the feature map) costs the engine call when
-the map is off, ONNX Runtime on one thread.
+held to one thread); microseconds, median and p99 over frames x repeats. Also: what the built-in
+mobilenet_v2's extra output (the feature map) costs the engine call when the map is off, ONNX Runtime on one
+thread.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     engines: dict = {}
     print(f"saliency cost on one core, microseconds per frame ({args.frames} frames of {args.clip}, "
           f"{args.repeats} calls per step after {args.warmup} warm-up)")
-    print(f"{'size':>9} {'model':<26} {'map p50':>8} {'p99':>7} {'blend p50':>9} {'p99':>7} {'total p50':>9} {'p99':>7}")
+    print(f"{'size':>9} {'model':<26} {'map p50':>8} {'p99':>7} {'blend p50':>9} {'p99':>7} "
+          f"{'total p50':>9} {'p99':>7}")
     for w, h in SIZES:
         frames = [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in source]
         runs = []

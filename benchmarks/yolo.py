@@ -257,8 +257,8 @@ def rect_hw(h: int, w: int, imgsz: int = 640, stride: int = 32) -> tuple[int, in
 def many_sources(base, model: Path, clip, counts: list[int], peer: bool) -> dict:
     """N cameras (the clip over HTTP as MJPEG at its frame rate, benchmarks/mjpeg_server.py): perceptd's
     processed fps, batch sizes, p99 and drops, the engine's batched (and, with instances, concurrent)
-    throughput, and Ultralytics' own
-    multi-stream mode (a .streams file of the same URLs, one batch of N frames per call)."""
+    throughput, and Ultralytics' own multi-stream mode (a .streams file of the same URLs, one batch of N
+    frames per call)."""
     import os
 
     from benchmarks.measure import load_runner, prepared_batch

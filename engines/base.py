@@ -82,8 +82,7 @@ AUTO_INSTANCES_MAX = 8
 def cpu_lanes(requested: int, threads: int) -> tuple[int, int]:
     """(concurrent calls, threads per call) for a CPU runtime with `threads` inference threads:
     `requested` calls (0: auto, one per thread up to AUTO_INSTANCES_MAX), the threads shared out among them."""
-    lanes = requested if requested > 0 else min(threads, AUTO_INSTANCES_MAX)
-    lanes = max(1, min(lanes, threads)) if requested == 0 else max(1, lanes)
+    lanes = requested if requested > 0 else max(1, min(threads, AUTO_INSTANCES_MAX))
     return lanes, max(1, threads // lanes)
 
 

@@ -52,8 +52,10 @@ class OnnxRuntimeEngine(Engine):
             # runs, the worker is not the bottleneck). One-thread calls share one session (its weights once):
             # a session runs concurrent calls each on its caller's thread.
             self._session = self._load(ort, options.spin_wait is True, providers, self.threads)
-            shared = self._load(ort, False, providers, 1) if per_lane == 1 else None
-            self._lane_sessions = [shared or self._load(ort, False, providers, per_lane) for _ in range(self.lanes)]
+            if per_lane == 1:
+                self._lane_sessions = [self._load(ort, False, providers, 1)] * self.lanes
+            else:
+                self._lane_sessions = [self._load(ort, False, providers, per_lane) for _ in range(self.lanes)]
         else:
             # auto on a CPU with a thread pool: a spinning and a sleeping session of the model, picked per call
             # by engines/spin.py (spin only while the worker is the bottleneck and spinning pays). A GPU run or

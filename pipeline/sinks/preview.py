@@ -76,13 +76,6 @@ class Preview:
             if self._viewers_gauge is not None:
                 self._viewers_gauge.set(self.viewers)
 
-    def __enter__(self) -> "Preview":
-        self._count(False, 1)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._count(False, -1)
-
     def next(self, after: int, timeout: float, heat: bool = False) -> tuple[int, bytes] | None:
         """The first JPEG of its kind newer than sequence `after`, or None if none came within `timeout`."""
         with self._cond:
