@@ -46,7 +46,6 @@ def exported(trained, cache_dir) -> dict[str, Path]:
     return {"onnx": d / "cnn.onnx", "pt": d / "cnn.pt", "stdout": proc.stdout}
 
 
-
 def test_export_when_user_cnn_then_prints_differences_and_writes_checked_files(exported):
     out = exported["stdout"]
     for fmt in ("onnxruntime", "torchscript"):

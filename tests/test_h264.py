@@ -31,7 +31,6 @@ from tests.test_web import chromium
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-
 def decoded(path: Path) -> list[np.ndarray]:
     """Every frame of `path`, decoded by PyAV (FFmpeg's H.264 decoder), as BGR."""
     import av
