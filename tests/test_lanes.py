@@ -126,12 +126,14 @@ def test_lanes_when_a_lane_fails_then_the_worker_dies_and_says_so(cache_dir, fra
     worker.start(120)
     good = items(pool, frames, range(3))
     gone = dataclasses.replace(good[1], shm_name="perceptd-no-such-block")  # its pool was unlinked
-    worker.submit([good[0], gone, good[2]])
-    with pytest.raises(WorkerDied):
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            worker.results(0.2)
-    worker.kill()
+    try:
+        worker.submit([good[0], gone, good[2]])
+        with pytest.raises(WorkerDied):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                worker.results(0.2)
+    finally:
+        worker.kill()
 
 
 def test_cpu_lanes_when_auto_then_one_thread_per_call_up_to_the_cap():
